@@ -278,7 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "sft": cmd_sft,
     }
-    return handlers[command](args)
+    code = handlers[command](args)
+    if "torch.distributed" in sys.modules:  # under torchrun: leave the process group, exit without finalization
+        from sdar.distributed import finish
+
+        code = finish(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

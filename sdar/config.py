@@ -197,6 +197,10 @@ class OptimConfig:
     layout: Literal["auto", "packed", "bucketed"] = "auto"
     """Micro-batch layout: rows packed into one sequence (no padding; fast with flash-attention kernels), padded
     length buckets (fast with dense attention), or auto = packed under flash attention, else bucketed."""
+    strategy: Literal["auto", "local", "fsdp"] = "auto"
+    """Learner placement: local = the whole model and optimizer in one process; fsdp = parameters, gradients and
+    AdamW state sharded over the processes of a torchrun job (FSDP2), each process rolling out its share of the
+    step's task groups; auto = fsdp when launched with more than one process, else local."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,8 @@ class LogConfig:
     """Print a few decoded sample turns every k steps (0 = never)."""
     num_samples: int = 2
     """Sample turns printed each time."""
+    delta_samples: int = 256
+    """Teacher-student gaps Δ saved per step to delta_samples.jsonl for the Δ histogram (0 = none)."""
 
 
 @dataclass(frozen=True)
@@ -387,8 +393,9 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.step_timeout_s must be > 0 (got {e.step_timeout_s})")
     if e.invalid_penalty < 0:
         add(f"env.invalid_penalty is subtracted from rewards and must be >= 0 (got {e.invalid_penalty})")
-    if r.backend != "hf":
-        add(f"rollout.backend={r.backend!r} is not available in this version; use rollout.backend=hf")
+    if r.backend == "vllm" and cfg.optim.strategy == "fsdp":
+        add("rollout.backend=vllm runs one in-process engine and cannot be used with optim.strategy=fsdp (torchrun); "
+            "use rollout.backend=hf with torchrun, or one process with optim.strategy=local")
     if r.tasks_per_step < 1:
         add(f"rollout.tasks_per_step must be >= 1 (got {r.tasks_per_step})")
     if r.group_size < 2 and a.method != "opsd":
@@ -456,6 +463,9 @@ def validate(cfg: RunConfig) -> None:
         add(f"optim.micro_batch_tokens must be >= 16 (got {o.micro_batch_tokens})")
     if o.grad_clip <= 0:
         add(f"optim.grad_clip must be > 0 (got {o.grad_clip})")
+    if o.strategy == "fsdp" and m.lora_rank > 0:
+        add("optim.strategy=fsdp shards full weights and does not train LoRA adapters; set model.lora_rank=0 or "
+            "train LoRA in one process with optim.strategy=local")
 
     if cfg.total_steps < 1:
         add(f"total_steps must be >= 1 (got {cfg.total_steps})")

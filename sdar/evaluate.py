@@ -338,7 +338,12 @@ def load_policy_weights(model: Any, checkpoint: str | Path) -> int:
     from sdar.learner.checkpoint import load_checkpoint
 
     state, extra = load_checkpoint(checkpoint, restore_rng=False)
-    model.load_state_dict(state["model"])
+    if "sharded_folder" in state:  # written by a torchrun (FSDP) run: gather the shards into full weights
+        from sdar.distributed import consolidate_sharded
+
+        model.load_state_dict(consolidate_sharded(checkpoint))
+    else:
+        model.load_state_dict(state["model"])
     return int(extra["step"])
 
 

@@ -17,6 +17,7 @@ import torch
 from sdar.algo.correction import resolve_correction, resolve_old_logprobs
 from sdar.algo.methods import LossSpec, get_method, resolve_loss
 from sdar.config import RunConfig
+from sdar.distributed import DataParallel, resolve_strategy
 from sdar.envs.base import EnvFactory, TaskSpec
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.metrics import MultiSink, ProgressLine, build_sinks
@@ -95,12 +96,22 @@ class Runtime:
     """Resolved ``algo.old_logprobs``: ``recompute`` or ``rollout``."""
     mismatch_correction: str = "off"
     """Resolved ``algo.mismatch_correction``: ``off``, ``tis`` or ``mis``."""
+    dp: DataParallel = field(default_factory=DataParallel)
+    """This process's place in a torchrun job (a world of 1 without torchrun)."""
+    generator_is_policy: bool = True
+    """The generator samples with the training model object itself (False: it holds its own copy)."""
 
     def close(self) -> None:
         """Stop environment workers and flush metric sinks."""
         self.sinks.close()
         if self.pool is not None:
             self.pool.close()
+
+    def refresh_generator(self) -> None:
+        """Copy the learner's current policy weights into a generator that holds its own copy (collective under
+        FSDP: every rank gathers the full weights); nothing to copy when the generator samples with the policy."""
+        if not self.generator_is_policy:
+            self.generator.load_weights(self.learner.export_weights())
 
     # ------------------------------------------------------------------------------------------------ settings
     def _settings(self, sampling: SamplingParams, *, student_key: str | None) -> CollectSettings:
@@ -177,7 +188,8 @@ class Runtime:
         return prompts
 
     def progress(self, start: int) -> ProgressLine:
-        return ProgressLine(self.cfg.total_steps, start_step=start, disable=not self.cfg.log.progress,
+        return ProgressLine(self.cfg.total_steps, start_step=start, disable=not (self.cfg.log.progress and
+                                                                                  self.dp.is_main),
                             keys=("rollout/reward", "rollout/success", "sdar/gate_mean"))
 
 
@@ -226,11 +238,14 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     from sdar.learner.local import LocalLearner
     from sdar.learner.lora import AdapterOffReference, apply_lora, inner_model
     from sdar.models import load_model, load_tokenizer
-    from sdar.rollout.hf import HFGenerator
+    from sdar.rollout.vllm_engine import build_generator
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    device = pick_device(cfg.device)
+    dp = DataParallel.from_env()
+    device = dp.device(cfg.device) or pick_device(cfg.device)
+    strategy = resolve_strategy(cfg.optim.strategy, world_size=dp.world_size, initialized=dp.initialized,
+                                lora=cfg.model.lora_rank > 0)
     spec = resolve_spec(cfg)
     method = get_method(cfg.algo.method)
     tokenizer = load_tokenizer(cfg.model.name)
@@ -245,7 +260,16 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     autocast = torch.bfloat16 if (device.type == "cuda" and torch.cuda.is_bf16_supported()
                                   and next(model.parameters()).dtype == torch.float32) else None
-    learner = LocalLearner(
+    # FSDP shards the policy in place: the generator samples with its own full copy, refreshed after every update
+    rollout_copy = copy.deepcopy(model).eval().requires_grad_(False) if strategy == "fsdp" else None
+    learner_cls: Any = LocalLearner
+    if strategy == "fsdp":
+        from sdar.learner.fsdp import FSDPLearner
+
+        learner_cls = FSDPLearner
+        log.info("data-parallel training on %d processes (FSDP), this is rank %d on %s", dp.world_size, dp.rank,
+                 device)
+    learner = learner_cls(
         model,
         reference_model=reference,
         lr=cfg.optim.lr if cfg.optim.lr is not None else method.lr,
@@ -261,8 +285,9 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         autocast_dtype=autocast,
         seed=cfg.seed,
     )
-    generator = HFGenerator(inner_model(learner.policy_module), tokenizer, batch_size=cfg.rollout.batch_size)
-    shared = generator.model is inner_model(learner.policy_module)
+    generator = build_generator(cfg, rollout_copy if rollout_copy is not None else inner_model(learner.policy_module),
+                                tokenizer)  # rollout.backend: hf samples with the policy object, vllm holds a copy
+    shared = getattr(generator, "model", None) is inner_model(learner.policy_module)
     correction = resolve_correction(cfg.algo.mismatch_correction, generator_is_policy=shared)
     gaps = rollout_logprob_gaps(cfg, generator_is_policy=shared, autocast=autocast is not None)
     old_logprobs = resolve_old_logprobs(cfg.algo.old_logprobs, correction=correction, inexact=gaps)
@@ -292,7 +317,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         pool = ProcessEnvPool(make_env, num_workers=cfg.env.num_workers, step_timeout_s=cfg.env.step_timeout_s)
         make_env = pool
     out = Path(cfg.out_dir)
-    sinks = build_sinks(out, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard)
+    sinks = build_sinks(out, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard) if dp.is_main else MultiSink([])
     log.info("method %s: %s", method.name, spec)
     return Runtime(
         cfg=cfg,
@@ -311,4 +336,6 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         pool=pool,
         old_logprobs=old_logprobs,
         mismatch_correction=correction,
+        dp=dp,
+        generator_is_policy=shared,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -12,6 +12,9 @@ from sdar.records import Trajectory
 
 GAP_TURN_BUCKETS = 10
 """Turn indices >= this share the last bucket in the gap-by-turn metrics."""
+GAP_POSITION_BUCKETS = 4
+"""The gap-by-position metrics split each response into this many equal parts of its tokens (quarters)."""
+ACTION_OPEN, ACTION_CLOSE = "<action>", "</action>"
 
 
 def row_scores(trajs: Sequence[Trajectory], invalid_penalty: float) -> Tensor:
@@ -78,6 +81,75 @@ def gap_by_turn(teacher_logprobs: Tensor, student_logprobs: Tensor, mask: Tensor
             name = f"{b}" if b < GAP_TURN_BUCKETS else f"{GAP_TURN_BUCKETS}plus"
             out[f"sdar/gap_by_turn/{name}"] = float(gap[rows].sum() / tokens)
     return out
+
+
+def gap_by_position(teacher_logprobs: Tensor, student_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """Mean gap Δ by relative position of the token in its response: ``sdar/gap_by_pos/q1`` (first quarter of the
+    row's loss tokens) … ``q4`` (last quarter).
+
+    Token ``j`` of a row with ``L`` loss tokens falls in part ``floor(GAP_POSITION_BUCKETS * j / L)``.
+
+    Args:
+        teacher_logprobs, student_logprobs, mask: [N, A].
+    """
+    gap = (teacher_logprobs - student_logprobs).float()  # [N, A]
+    rank = mask.long().cumsum(-1) - 1  # [N, A] index of each loss token among its row's loss tokens
+    length = mask.long().sum(-1, keepdim=True).clamp(min=1)  # [N, 1]
+    part = torch.div(rank * GAP_POSITION_BUCKETS, length, rounding_mode="floor")  # [N, A]
+    out = {}
+    for b in range(GAP_POSITION_BUCKETS):
+        sel = mask & (part == b)
+        if sel.any():
+            out[f"sdar/gap_by_pos/q{b + 1}"] = float(gap[sel].mean())
+    return out
+
+
+def action_token_mask(responses: Sequence[Sequence[int]], decode: Callable[[Sequence[int]], str], width: int) -> Tensor:
+    """Which response tokens spell the action: the text between the last ``<action>`` and the ``</action>`` after it.
+
+    A token counts when any character it decodes to lies inside that span; rows without the two tags have none.
+
+    Args:
+        responses: N response id sequences (the rows' response tokens, in row order).
+        decode: ids -> text (``tokenizer.decode``); prefixes are decoded to find where each token ends.
+        width: A, the batch's response width.
+
+    Returns:
+        [N, A] bool.
+    """
+    out = torch.zeros(len(responses), width, dtype=torch.bool)
+    for i, ids in enumerate(responses):
+        ends = [len(decode(list(ids[: k + 1]))) for k in range(len(ids))]  # char end of every token
+        text = decode(list(ids))
+        start = text.rfind(ACTION_OPEN)
+        stop = text.find(ACTION_CLOSE, start + len(ACTION_OPEN)) if start >= 0 else -1
+        if stop < 0:
+            continue
+        lo, hi = start + len(ACTION_OPEN), stop  # the action's characters: [lo, hi)
+        begin = 0
+        for k, end in enumerate(ends[:width]):
+            if begin < hi and end > lo:
+                out[i, k] = True
+            begin = end
+    return out
+
+
+def gap_on_tokens(teacher_logprobs: Tensor, student_logprobs: Tensor, select: Tensor, name: str) -> dict[str, float]:
+    """Mean gap and share of positive gaps over the ``select`` tokens ([N, A] each): ``sdar/gap_<name>_mean``,
+    ``sdar/gap_<name>_positive_ratio`` (nothing when no token is selected)."""
+    if not select.any():
+        return {}
+    gap = (teacher_logprobs - student_logprobs)[select].float()
+    return {f"sdar/gap_{name}_mean": float(gap.mean()), f"sdar/gap_{name}_positive_ratio": float((gap > 0).float().mean())}
+
+
+def delta_sample(teacher_logprobs: Tensor, student_logprobs: Tensor, mask: Tensor, k: int, seed: int) -> list[float]:
+    """Up to ``k`` gap values Δ drawn uniformly without replacement from the ``mask`` tokens (for histograms)."""
+    gap = (teacher_logprobs - student_logprobs)[mask].float()  # [M]
+    if gap.numel() > k:
+        pick = torch.randperm(gap.numel(), generator=torch.Generator().manual_seed(seed))[:k]
+        gap = gap[pick.sort().values]
+    return [round(v, 5) for v in gap.tolist()]
 
 
 def sample_turns_text(trajs: Sequence[Trajectory], k: int) -> list[str]:

@@ -20,12 +20,14 @@ from sdar.algo.correction import mismatch_weights
 from sdar.algo.distill import rlsd_lambda
 from sdar.batch import TokenBatch
 from sdar.config import RunConfig, dump_yaml
-from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sdar.distributed import load_run_checkpoint, save_run_checkpoint
+from sdar.learner.dist import is_main_process
 from sdar.metrics import StageTimer
 from sdar.records import Trajectory
 from sdar.rollout.collect import collect_episodes
 from sdar.runtime import Runtime, build_runtime, episode_requests, resolve_spec
-from sdar.stats import gap_by_turn, rollout_metrics, row_scores, sample_turns_text
+from sdar.stats import (action_token_mask, delta_sample, gap_by_position, gap_by_turn, gap_on_tokens, rollout_metrics,
+                        row_scores, sample_turns_text)
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +63,49 @@ def build_batch(rt: Runtime, trajs: list[Trajectory], row_adv: torch.Tensor) -> 
                              enable_thinking=rt.cfg.model.enable_thinking)
 
 
+def gap_diagnostics(rt: Runtime, step: int, trajs: list[Trajectory], batch: TokenBatch,
+                    teacher_lp: torch.Tensor) -> dict[str, float]:
+    """Gap Δ by relative position and on action tokens (per-turn rows); saves a sample of Δ for the histogram."""
+    student_lp, mask = batch.old_logprobs, batch.loss_mask  # [N, A] each
+    out = gap_by_position(teacher_lp, student_lp, mask)
+    if rt.cfg.rollout.view == "per_turn":
+        responses = [turn.response_ids for t in trajs for turn in t.turns]  # row order of turn_rows
+        action = action_token_mask(responses, rt.tokenizer.decode, mask.shape[1]) & mask
+        out.update(gap_on_tokens(teacher_lp, student_lp, action, "action"))
+        out.update(gap_on_tokens(teacher_lp, student_lp, mask & ~action, "other"))
+    if rt.cfg.log.delta_samples and is_main_process():
+        values = delta_sample(teacher_lp, student_lp, mask, rt.cfg.log.delta_samples, seed=step)
+        with open(Path(rt.cfg.out_dir) / "delta_samples.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "source": rt.privileged_key, "delta": values}) + "\n")
+    return out
+
+
 def train_step(rt: Runtime, step: int) -> dict[str, float]:
     """One full RL step; returns its metrics."""
     cfg, timer = rt.cfg, StageTimer()
-    with timer.stage("rollout"):
+    with timer.stage("rollout"), rt.dp.together():  # an error on one rank is raised on every rank
         requests = episode_requests(rt, step)
         retrievals = list(rt.last_retrievals)
-        trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, rt.collect_settings(step))
+        mine = rt.dp.shard_requests(requests, cfg.rollout.group_size)  # this rank's whole groups (all: one process)
+        settings = rt.dp.settings(rt.collect_settings(step))  # the rank is mixed into the sampling seed
+        trajs = collect_episodes(mine, rt.make_env, rt.generator, rt.tokenizer, settings)
     if rt.retriever is not None:  # bandit retrieval learns from success (0/1) of the episodes it served
-        for retrieval, traj in zip(retrievals, trajs):
+        for retrieval, won in zip(retrievals, rt.dp.gather([t.won for t in trajs])):  # every rank's, request order
             if retrieval is not None:
-                rt.retriever.update(retrieval, float(traj.won))
+                rt.retriever.update(retrieval, float(won))
         from sdar.skills.retrieval import retrieval_metrics
 
         skill_metrics = retrieval_metrics([r for r in retrievals if r is not None])
     else:
         skill_metrics = {}
     trajs = [t for t in trajs if t.turns]
-    metrics: dict[str, float] = rollout_metrics(trajs, cfg.env.invalid_penalty)
+    metrics: dict[str, float] = rt.dp.reduce_rollout(trajs, rollout_metrics(trajs, cfg.env.invalid_penalty))
     metrics.update(skill_metrics)
-    if not trajs:
-        log.warning("step %d: no episode produced a turn; skipping the update", step)
+    if not rt.dp.every(bool(trajs)):
+        log.warning("step %d: no episode produced a turn (on some rank); skipping the update", step)
         return metrics
 
-    with timer.stage("advantages"):
+    with timer.stage("advantages"), rt.dp.together():
         scores = row_scores(trajs, cfg.env.invalid_penalty)  # [N] episode return minus this turn's penalty
         row_adv = step_advantages(cfg, trajs, scores)  # [N]
         batch = build_batch(rt, trajs, row_adv)
@@ -114,12 +135,14 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
             teacher_lp = scored[-1]
             metrics.update(gap_by_turn(teacher_lp, batch.old_logprobs, batch.loss_mask, batch.turn_ids))
             metrics[f"sdar/gap_pre_mean/{rt.privileged_key}"] = metrics["sdar/gap_pre_mean"]
+            metrics.update(gap_diagnostics(rt, step, trajs, batch, teacher_lp))
         if spec.needs_reference:
             ref_lp, _ = rt.learner.logprobs(batch, model="reference")
     with timer.stage("update"):
         extra = {} if is_weights is None else {"is_weights": is_weights}  # learners without the correction work too
         train_metrics = rt.learner.train_step(batch, spec=spec, ref_logprobs=ref_lp, teacher_logprobs=teacher_lp,
                                               **extra)
+        rt.refresh_generator()  # a generator with its own copy of the weights samples the next step with the update
     metrics.update(train_metrics)
     metrics.update(timer.as_metrics())
     total = sum(v for k, v in timer.as_metrics().items())
@@ -133,8 +156,11 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
 
 def evaluate(rt: Runtime, step: int) -> dict[str, float]:
     """Success on the fixed evaluation panel (same task ids and seeds at every evaluation)."""
-    trajs = collect_episodes(rt.eval_requests(), rt.make_env, rt.generator, rt.tokenizer, rt.eval_settings())
-    m = rollout_metrics([t for t in trajs if t.turns], rt.cfg.env.invalid_penalty)
+    with rt.dp.together():  # each rank runs its block of the panel
+        requests = rt.dp.shard_panel(rt.eval_requests())
+        trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, rt.dp.settings(rt.eval_settings()))
+        trajs = [t for t in trajs if t.turns]
+    m = rt.dp.reduce_rollout(trajs, rollout_metrics(trajs, rt.cfg.env.invalid_penalty))
     return {k.replace("rollout/", "eval/"): v for k, v in m.items()}
 
 
@@ -142,33 +168,32 @@ def _save(rt: Runtime, step: int) -> None:
     extra: dict[str, Any] = {"next_step": step + 1, "config": json.loads(json.dumps(dataclasses.asdict(rt.cfg)))}
     if rt.retriever is not None and hasattr(rt.retriever, "state_dict"):
         extra["retriever"] = rt.retriever.state_dict()
-    save_checkpoint(rt.ckpt_dir, step=step, learner_state=rt.learner.state_dict(), extra=extra,
-                    keep_last=rt.cfg.keep_checkpoints)
+    save_run_checkpoint(rt.learner, rt.ckpt_dir, step=step, extra=extra, keep_last=rt.cfg.keep_checkpoints, dp=rt.dp)
 
 
 def train(cfg: RunConfig) -> dict[str, float]:
     """Run ``cfg.total_steps`` training steps (continuing from the last checkpoint with ``cfg.resume``)."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
-    rt = build_runtime(cfg)
+    rt = build_runtime(cfg)  # joins the process group under torchrun; rank 0 alone writes files
+    if rt.dp.is_main:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
     start = 0
     if cfg.resume:
-        ckpt = latest_checkpoint(rt.ckpt_dir)
-        if ckpt is None:
+        extra = load_run_checkpoint(rt.learner, rt.ckpt_dir, dp=rt.dp)
+        if extra is None:
             log.warning("resume requested but no checkpoint in %s; starting from step 0", rt.ckpt_dir)
         else:
-            state, extra = load_checkpoint(ckpt)
-            rt.learner.load_state_dict(state)
+            rt.refresh_generator()
             if rt.retriever is not None and "retriever" in extra:
                 rt.retriever.load_state_dict(extra["retriever"])
             start = int(extra["next_step"])
-            log.info("resumed from %s at step %d", ckpt, start)
+            log.info("resuming at step %d", start)
     last: dict[str, float] = {}
     progress = rt.progress(start)
     try:
         for step in range(start, cfg.total_steps):
-            last = train_step(rt, step)
+            last = rt.dp.mean_metrics(train_step(rt, step))  # rollout and learner metrics are already global
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 last.update(evaluate(rt, step))
             rt.sinks.log(last, step=step)

@@ -16,7 +16,7 @@ MAX_LINES = 800
 
 # heavy optional package -> the one module allowed to import it (inside a function, never at module level)
 HEAVY = {
-    "vllm": {"sdar/rollout/vllm.py"},
+    "vllm": {"sdar/rollout/vllm_engine.py"},
     "ray": {"sdar/distributed/ray_backend.py"},
     "alfworld": {"sdar/envs/alfworld/_engine.py"},
     "textworld": {"sdar/envs/alfworld/_engine.py"},

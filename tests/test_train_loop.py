@@ -40,6 +40,13 @@ def test_every_method_runs_a_step(tmp_path, method):
     assert ("sdar/gap_pre_mean" in last) == (method in teacher_methods)
     if method in {"sdar", "opsd", "grpo_opsd"}:
         assert 0.0 < last["sdar/gate_mean"] < 1.0 and "sdar/gate_active_ratio" in last
+    if method in teacher_methods:  # gap diagnostics and the saved Δ sample for the histogram
+        assert "sdar/gap_by_pos/q1" in last and "sdar/gap_by_pos/q4" in last
+        lines = (Path(cfg.out_dir) / "delta_samples.jsonl").read_text().splitlines()
+        saved = json.loads(lines[0])
+        assert len(lines) == 1 and saved["step"] == 0 and 0 < len(saved["delta"]) <= 256
+    else:
+        assert not (Path(cfg.out_dir) / "delta_samples.jsonl").exists()
     if method == "grpo_opsd":
         assert last["sdar/gate_mean"] == pytest.approx(0.5)
     if method == "skill_grpo":

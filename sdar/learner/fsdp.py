@@ -240,13 +240,18 @@ class FSDPLearner(LocalLearner):
 
     # ------------------------------------------------------------------------------------------------- training
     def _agree_on_inputs(
-        self, batch: TokenBatch, spec: LossSpec, ref_logprobs: Tensor | None, teacher_logprobs: Tensor | None
+        self,
+        batch: TokenBatch,
+        spec: LossSpec,
+        ref_logprobs: Tensor | None,
+        teacher_logprobs: Tensor | None,
+        is_weights: Tensor | None = None,
     ) -> None:
         """Validate the inputs on every rank; raise everywhere if any rank's inputs are wrong (never hang)."""
         error: ValueError | None = None
         try:
             if batch.size:
-                self._check_train_inputs(batch, spec, ref_logprobs, teacher_logprobs)
+                self._check_train_inputs(batch, spec, ref_logprobs, teacher_logprobs, is_weights)
             else:  # an empty shard: check the spec-level requirements on the filler row instead
                 filler = self._filler_batch.old_logprobs
                 self._check_train_inputs(
@@ -267,6 +272,7 @@ class FSDPLearner(LocalLearner):
         ref_logprobs: Tensor | None = None,
         teacher_logprobs: Tensor | None = None,
         norm: float | None = None,
+        is_weights: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], int, list[PackedMicroBatch]]:
         """Forward/backward this rank's rows as its part of ONE optimizer batch made of every rank's rows.
 
@@ -280,7 +286,7 @@ class FSDPLearner(LocalLearner):
             ``(metric sums of this rank, input tokens of this rank, this rank's micro-batches)``; pass the sums to
             :meth:`reduce_metrics` for the global values.
         """
-        self._agree_on_inputs(batch, spec, ref_logprobs, teacher_logprobs)
+        self._agree_on_inputs(batch, spec, ref_logprobs, teacher_logprobs, is_weights)
         rows = list(zip(batch.prompts, batch.responses))
         micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout)
         totals = dist_util.all_reduce_tensors(
@@ -297,6 +303,7 @@ class FSDPLearner(LocalLearner):
         filler_lp = self._filler_batch.old_logprobs
         filler_ref = None if ref_logprobs is None else filler_lp
         filler_teacher = None if teacher_logprobs is None else filler_lp
+        filler_is = None if is_weights is None else torch.ones_like(filler_lp)  # same metric keys on every rank
         passes = int(most["micro_batches"])
         sums: dict[str, Tensor] = {}
         root = _as_fsdp(self._root)
@@ -307,12 +314,13 @@ class FSDPLearner(LocalLearner):
                         root.set_requires_gradient_sync(k == passes - 1)
                     if k < len(micro):
                         self._micro_backward(
-                            micro[k], batch, spec, ref_logprobs, teacher_logprobs, counts, with_entropy, sums
+                            micro[k], batch, spec, ref_logprobs, teacher_logprobs, counts, with_entropy, sums,
+                            is_weights=is_weights,
                         )
                     else:
                         self._micro_backward(
                             self._filler, self._filler_batch, spec, filler_ref, filler_teacher, counts,
-                            with_entropy, sums,
+                            with_entropy, sums, is_weights=filler_is,
                         )
         finally:
             root.set_requires_gradient_sync(True)
@@ -363,6 +371,7 @@ class FSDPLearner(LocalLearner):
         spec: LossSpec,
         ref_logprobs: Tensor | None = None,
         teacher_logprobs: Tensor | None = None,
+        is_weights: Tensor | None = None,
     ) -> dict[str, float]:
         """LocalLearner's update on the union of every rank's rows (collective; each rank passes its own rows).
 
@@ -377,11 +386,12 @@ class FSDPLearner(LocalLearner):
                     f"rank {self.rank} got no training rows; give every rank at least one row "
                     "(sdar.learner.dist.shard_indices(n) with n >= world size)"
                 )
-            self._check_train_inputs(batch, spec, ref_logprobs, teacher_logprobs)
+            self._check_train_inputs(batch, spec, ref_logprobs, teacher_logprobs, is_weights)
         except ValueError as exc:
             error = exc
         dist_util.raise_if_any_rank_failed(error)
-        out = super().train_step(batch, spec=spec, ref_logprobs=ref_logprobs, teacher_logprobs=teacher_logprobs)
+        out = super().train_step(batch, spec=spec, ref_logprobs=ref_logprobs, teacher_logprobs=teacher_logprobs,
+                                 is_weights=is_weights)
         keys = ("train/tokens", "train/tokens_per_s", "train/micro_batches", "train/padding_ratio")
         summed = dist_util.all_reduce_tensors({k: torch.tensor(out[k]) for k in keys}, "sum")
         out.update({k: float(v) for k, v in summed.items()})
