@@ -1,0 +1,215 @@
+"""Micro-batch layouts on real ALFWorld turn lengths: sdar's packed and bucketed layouts vs plain padding, one run.
+
+    sdar envs generate alfworld --n 8 --out /tmp/alfbench      # once: a few solvable games
+    sdar model prepare smollm2-135m                              # once: the tokenizer the prompts are rendered with
+    python bench/packing.py --games /tmp/alfbench
+    python bench/packing.py --games /tmp/alfbench --response-len 32 512   # reasoning-length responses instead
+
+Rows are ALFWorld turns: the expert plays every game, each turn's prompt is rendered exactly as the collector renders
+it (SmolLM2 chat template, history of 2) and the response is the expert's ``<think>..</think><action>..</action>``
+target plus eos, or, with ``--response-len``, random ids of uniform length in the given range (reasoning-length RL
+responses). The same rows, in the same arrival order, go through three layouts with the same token budget per
+micro-batch:
+
+- ``padded``: the plain way: consecutive rows in arrival order, a fixed number per micro-batch (as many rows of
+  the longest length as fit the budget), right-padded to the longest row of the micro-batch.
+- ``bucketed`` (sdar): rows sorted by length, cut into right-padded micro-batches of at most the budget in slots.
+- ``packed`` (sdar): rows concatenated into 1-D sequences with position ids restarting per row (first-fit
+  decreasing). Without a flash-attention kernel transformers turns the restarts into a dense block-diagonal mask
+  over the whole pack, so attention costs (pack length)^2 instead of the sum of (row length)^2.
+
+Each layout runs a no-grad log-prob pass and an update pass (forward + backward of the summed response log-probs;
+no optimizer step, which is the same for every layout) through the same scoring code as sdar's learner (decoder
+hidden states, then the LM head in chunks on response positions only). The model is a randomly initialised Llama of
+SmolLM2-135M's shape with ``--layers`` decoder layers (fewer layers scale every layout alike; the LM head only sees
+response tokens, the same in every layout). Medians of k interleaved repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+Row = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def alfworld_rows(games: str, *, tokenizer_name: str, max_turns: int, history_length: int,
+                  max_prompt_tokens: int) -> list[Row]:
+    """(prompt ids, expert target ids + eos) of every turn of the expert's won episodes, game by game.
+
+    The rows are cached in ``<games>/bench_turn_rows.json`` (playing the expert takes minutes); delete it to replay.
+    """
+    cache = Path(games) / "bench_turn_rows.json"
+    key = {"tokenizer": tokenizer_name, "max_turns": max_turns, "history_length": history_length,
+           "max_prompt_tokens": max_prompt_tokens}
+    if cache.is_file():
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return [(tuple(pr), tuple(r)) for pr, r in stored["rows"]]
+    from sdar.envs.registry import make_env_factory, make_task_source
+    from sdar.models import load_tokenizer
+    from sdar.sft import encode_examples, expert_for, expert_turns
+
+    if not Path(games).is_dir():
+        raise SystemExit(f"no ALFWorld games in {games}: run `sdar envs generate alfworld --n 8 --out {games}` first")
+    make_env = make_env_factory("alfworld", max_turns=max_turns, data_dir=games)
+    tasks = make_task_source("alfworld", data_dir=games).tasks("train")
+    turns = expert_turns(make_env, tasks, expert=expert_for("alfworld", "plan"), history_length=history_length,
+                         max_turns=max_turns, seed=0)
+    tokenizer = load_tokenizer(tokenizer_name)
+    examples = encode_examples(tokenizer, turns, seed=0, max_prompt_tokens=max_prompt_tokens)
+    rows = [(e.prompt_ids, e.target_ids) for e in examples]
+    cache.write_text(json.dumps({"key": key, "rows": rows}), encoding="utf-8")
+    return rows
+
+
+def smollm2_shaped(layers: int, seed: int) -> Any:
+    """A randomly initialised Llama model with SmolLM2-135M's shape (``layers`` decoder layers), fp32, sdpa."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                      rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                      attn_implementation="sdpa")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model.float().eval()
+
+
+def layouts(rows: Sequence[Row], budget: int) -> dict[str, list[tuple[Any, int]]]:
+    """Micro-batches of each layout as ``(micro_batch, row offset)``; ``dest_row + offset`` indexes ``rows``."""
+    from sdar.learner.packing import bucket_rows, pack_rows
+
+    longest = max(len(p) + len(r) for p, r in rows)
+    per_batch = max(1, budget // longest)
+    padded = []
+    for start in range(0, len(rows), per_batch):  # one micro-batch of the consecutive rows, padded to their longest
+        (mb,) = bucket_rows(rows[start : start + per_batch], max_tokens=10**12)
+        padded.append((mb, start))
+    return {
+        "padded": padded,
+        "bucketed": [(mb, 0) for mb in bucket_rows(rows, max_tokens=budget)],
+        "packed": [(mb, 0) for mb in pack_rows(rows, max_tokens=budget)],
+    }
+
+
+def score(model: Any, mb: Any) -> torch.Tensor:
+    """Log-probs ``[R]`` of one micro-batch's response tokens, as sdar's learner computes them."""
+    from sdar.algo.logprobs import hidden_token_logprobs
+
+    out = model.get_decoder()(input_ids=mb.input_ids, position_ids=mb.position_ids,
+                              attention_mask=mb.attention_mask, use_cache=False)
+    hidden = out.last_hidden_state  # [B, L, H]
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, mb.pred_index)  # [R, H]
+    lp, _ = hidden_token_logprobs(picked, model.get_output_embeddings().weight, mb.targets, chunk_size=1024)
+    return lp
+
+
+def logprob_pass(model: Any, micro: list[tuple[Any, int]], n: int, width: int) -> torch.Tensor:
+    """``[N, A]`` log-probs of every row's response tokens, no gradient."""
+    out = torch.zeros(n, width)
+    with torch.no_grad():
+        for mb, offset in micro:
+            out[mb.dest_row + offset, mb.dest_col] = score(model, mb)
+    return out
+
+
+def update_pass(model: Any, micro: list[tuple[Any, int]], total: int) -> None:
+    """Forward + backward of ``-sum(log-probs) / total`` over every micro-batch; gradients accumulate."""
+    for mb, _ in micro:
+        (-score(model, mb).sum() / total).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--games", default="/tmp/alfbench", help="folder from `sdar envs generate alfworld --out`")
+    p.add_argument("--tokenizer", default="smollm2-135m")
+    p.add_argument("--rows", type=int, default=32, help="turns used (spread over all recorded turns)")
+    p.add_argument("--response-len", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="random responses of uniform length instead of the expert's targets")
+    p.add_argument("--micro-batch-tokens", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=6, help="decoder layers of the SmolLM2-shaped model (full: 30)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up; median reported")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    all_rows = alfworld_rows(args.games, tokenizer_name=args.tokenizer, max_turns=50, history_length=2,
+                             max_prompt_tokens=2048)
+    if not all_rows:
+        raise SystemExit(f"the expert won no game in {args.games}; generate more games")
+    g = torch.Generator().manual_seed(args.seed)
+    pick = sorted(torch.randperm(len(all_rows), generator=g)[: args.rows].tolist())  # arrival order kept
+    rows = [all_rows[i] for i in pick]
+    model = smollm2_shaped(args.layers, args.seed)
+    if args.response_len is not None:
+        lo, hi = args.response_len
+        rows = [(pr, tuple(torch.randint(10, 49152, (int(torch.randint(lo, hi + 1, (1,), generator=g)),),
+                                         generator=g).tolist())) for pr, _ in rows]
+    n, width = len(rows), max(len(r) for _, r in rows)
+    scored = sum(len(r) for _, r in rows)
+    real = sum(len(pr) + len(r) for pr, r in rows)
+    micro = layouts(rows, args.micro_batch_tokens)
+
+    times: dict[str, dict[str, list[float]]] = {k: {"logprobs": [], "update": []} for k in micro}
+    results: dict[str, torch.Tensor] = {}
+    names = list(micro)
+    for rep in range(args.repeats + 1):  # interleaved, order rotated per repetition; rep 0 = warm-up
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            t = time.perf_counter()
+            results[name] = logprob_pass(model, micro[name], n, width)
+            t_lp = time.perf_counter() - t
+            t = time.perf_counter()
+            update_pass(model, micro[name], scored)
+            t_up = time.perf_counter() - t
+            sys.stderr.write(f"repetition {rep}{' (warm-up)' if rep == 0 else ''} {name}: log-prob pass "
+                             f"{t_lp:.2f}s, update pass {t_up:.2f}s\n")
+            if rep > 0:
+                times[name]["logprobs"].append(t_lp)
+                times[name]["update"].append(t_up)
+
+    out = sys.stdout.write
+    prompt_lens = sorted(len(pr) for pr, _ in rows)
+    resp_lens = sorted(len(r) for _, r in rows)
+    out(f"command: {' '.join(sys.argv)}\n")
+    out(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, torch {torch.__version__}\n")
+    out(f"model: SmolLM2-135M shape, {args.layers} layers, random weights, fp32, sdpa\n")
+    out(f"rows: {n} ALFWorld turns of {len(all_rows)} recorded in {args.games}; prompt tokens min {prompt_lens[0]} "
+        f"median {prompt_lens[n // 2]} max {prompt_lens[-1]}; response tokens min {resp_lens[0]} median "
+        f"{resp_lens[n // 2]} max {resp_lens[-1]} ({'expert targets' if args.response_len is None else 'random'}); "
+        f"{real} real tokens, budget {args.micro_batch_tokens} tokens per micro-batch\n\n")
+    out(f"{'layout':9s} {'micro':>5s} {'slots':>7s} {'padding':>8s} {'attn cells':>11s}  "
+        f"{'log-prob pass':>28s}  {'update pass':>28s}\n")
+    base = {k: statistics.median(times["padded"][k]) for k in ("logprobs", "update")}
+    for name, mbs in micro.items():
+        slots = sum(mb.num_slots for mb, _ in mbs)
+        # causal attention work: a padded row attends over its micro-batch width, a pack over its whole length
+        cells = sum(mb.input_ids.shape[0] * mb.input_ids.shape[1] ** 2 // 2 for mb, _ in mbs)
+        cols = []
+        for k in ("logprobs", "update"):
+            v = times[name][k]
+            cols.append(f"{statistics.median(v):6.2f}s [{min(v):.2f}-{max(v):.2f}] {base[k] / statistics.median(v):4.2f}x")
+        out(f"{name:9s} {len(mbs):5d} {slots:7d} {(slots - real) / slots:8.1%} {cells / 1e6:10.1f}M  "
+            f"{cols[0]:>28s}  {cols[1]:>28s}\n")
+    diff = max(float((results[k] - results["padded"]).abs().max()) for k in results)
+    out(f"\n(ratios are padded time / layout time, medians of {args.repeats}; [min-max] is the spread)\n")
+    out(f"max |log-prob difference| between layouts: {diff:.2e}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
