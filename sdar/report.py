@@ -221,6 +221,13 @@ def gap_turn_keys(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return [(name.replace("plus", "+"), prefix + name) for name in sorted(names, key=order)]
 
 
+def gap_position_keys(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``(label, metric key)`` of the ``sdar/gap_by_pos/q<k>`` metrics in order (q1 = first quarter of a response)."""
+    prefix = "sdar/gap_by_pos/q"
+    parts = sorted({int(k[len(prefix):]) for r in rows for k in r if k.startswith(prefix) and k[len(prefix):].isdigit()})
+    return [(f"q{p}", f"{prefix}{p}") for p in parts]
+
+
 def load_delta_samples(run_dir: str | Path) -> tuple[list[float], Path] | None:
     """Saved samples of the teacher-student gap Δ: ``delta_samples*.json`` / ``.jsonl`` (lists of numbers, or
     objects with a ``delta`` list) or ``delta_samples*.pt`` (a tensor) in the run folder; None when there are none."""
@@ -278,22 +285,25 @@ def _plots(rows: Sequence[Mapping[str, Any]], run_dir: Path, out: Path) -> tuple
         drawn.append(("Mean teacher-student gap", "teacher_gap.png"))
     else:
         skipped.append("teacher-student gap: no sdar/gap_pre_mean metrics (the method has no teacher)")
-    turns = gap_turn_keys(rows)
-    if turns:
+    for keys, file, title, xlabel, what in (
+            (gap_turn_keys(rows), "gap_by_turn.png", "Mean gap Δ by turn index", "turn index", "gap_by_turn/<k>"),
+            (gap_position_keys(rows), "gap_by_position.png", "Mean gap Δ by relative position in the response",
+             "part of the response (quarters of its tokens)", "gap_by_pos/q<k>")):
+        if not keys:
+            skipped.append(f"{title[0].lower() + title[1:]}: no sdar/{what} metrics")
+            continue
         groups = []
         spans = (("mean over all steps", None), ("last 10 steps", 10)) if len(rows) > 10 else (("mean", None),)
         for name, n in spans:
             means = []
-            for _, key in turns:
+            for _, key in keys:
                 _, ys = series(rows, key)
                 ys = ys[-n:] if n else ys
                 means.append(sum(ys) / len(ys) if ys else float("nan"))
             groups.append((name, means))
-        bar_chart(out / "gap_by_turn.png", [label for label, _ in turns], groups, title="Mean gap Δ by turn index",
-                  xlabel="turn index", ylabel="mean Δ (nats per token)")
-        drawn.append(("Gap by turn index", "gap_by_turn.png"))
-    else:
-        skipped.append("gap by turn index: no sdar/gap_by_turn/<k> metrics")
+        bar_chart(out / file, [label for label, _ in keys], groups, title=title, xlabel=xlabel,
+                  ylabel="mean Δ (nats per token)")
+        drawn.append((title, file))
     delta = load_delta_samples(run_dir)
     if delta is not None:
         histogram(out / "delta_hist.png", delta[0], title=f"Δ samples ({delta[1].name})", xlabel="Δ")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdar.config import load_config
-from sdar.report import final_and_best, gap_turn_keys, last_n_means, load_rows, main, stage_seconds, write_report
+from sdar.report import final_and_best, gap_position_keys, gap_turn_keys, last_n_means, load_rows, main, stage_seconds, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -31,7 +31,8 @@ def write_run(folder: Path, *, sdar: bool = True, steps: int = 12) -> Path:
                "timing/rollout_s": 3.0, "timing/update_s": 1.0, "timing/step_s": 4.0}
         if sdar:
             row.update({"sdar/gate_mean": 0.4 + s / 100, "sdar/gate_active_ratio": 0.3, "sdar/gap_pre_mean": -0.1,
-                        "sdar/gap_by_turn/0": -0.1, "sdar/gap_by_turn/1": -0.2, "sdar/gap_by_turn/10plus": -0.3})
+                        "sdar/gap_by_turn/0": -0.1, "sdar/gap_by_turn/1": -0.2, "sdar/gap_by_turn/10plus": -0.3,
+                        "sdar/gap_by_pos/q1": 0.1, "sdar/gap_by_pos/q2": -0.1, "sdar/gap_by_pos/q4": 0.2})
         if s in evals:
             row.update({"eval/success": evals[s], "eval/reward": 1.0})
         rows.append(row)
@@ -49,6 +50,8 @@ def test_summary_numbers_by_hand(tmp_path):
     assert last_n_means(rows, ["rollout/reward"]) == {"rollout/reward": pytest.approx(6.5)}  # mean of 2..11
     assert stage_seconds(rows) == {"rollout": 3.0, "step": 4.0, "update": 1.0}
     assert [label for label, _ in gap_turn_keys(rows)] == ["0", "1", "10+"]
+    assert gap_position_keys(rows) == [("q1", "sdar/gap_by_pos/q1"), ("q2", "sdar/gap_by_pos/q2"),
+                                       ("q4", "sdar/gap_by_pos/q4")]
 
 
 def test_resumed_steps_keep_their_last_row(tmp_path):
@@ -68,7 +71,7 @@ def test_report_with_every_plot(tmp_path):
     assert "| success (%) | 37.50 | 11 | 50.00 | 9 |" in text
     assert "| rollout/reward | 6.5 |" in text
     assert "| rollout | 3.00 | 75% |" in text and "| whole step | 4.00 | 100% |" in text
-    for name in ("reward_success", "sdar_gate", "teacher_gap", "gap_by_turn", "delta_hist"):
+    for name in ("reward_success", "sdar_gate", "teacher_gap", "gap_by_turn", "gap_by_position", "delta_hist"):
         assert_png(run / "report" / f"{name}.png")
         assert f"({name}.png)" in text
     assert "Not drawn" not in text
@@ -78,7 +81,7 @@ def test_absent_metrics_are_skipped_and_said(tmp_path):
     run = write_run(tmp_path / "run", sdar=False)
     text = write_report(run).read_text()
     assert_png(run / "report" / "reward_success.png")
-    for name in ("sdar_gate", "teacher_gap", "gap_by_turn", "delta_hist"):
+    for name in ("sdar_gate", "teacher_gap", "gap_by_turn", "gap_by_position", "delta_hist"):
         assert not (run / "report" / f"{name}.png").exists()
     assert "SDAR gate: no sdar/gate_mean" in text and "saved no Δ samples" in text
 
@@ -98,6 +101,5 @@ def test_report_on_a_tiny_run(tmp_path):
     assert main([str(run)]) == 0
     text = (run / "report" / "report.md").read_text()
     assert "# Run report: sdar on toy with tiny-random" in text and "| success (%) |" in text
-    for name in ("reward_success", "sdar_gate", "teacher_gap", "gap_by_turn"):
-        assert_png(run / "report" / f"{name}.png")
-    assert "histogram of Δ: the run saved no Δ samples" in text
+    for name in ("reward_success", "sdar_gate", "teacher_gap", "gap_by_turn", "gap_by_position", "delta_hist"):
+        assert_png(run / "report" / f"{name}.png")  # the trainer saved Δ samples and the gap by position
