@@ -142,15 +142,19 @@ class Runtime:
 
     # ------------------------------------------------------------------------------------------------ requests
     def requests_for(self, tasks: Sequence[TaskSpec], *, first_group: int, group_size: int,
-                     seed_base: int) -> list[EpisodeRequest]:
-        """G episodes per task sharing the task's seed and group id; privileged context retrieved per task."""
+                     seed_base: int, learn: bool = True) -> list[EpisodeRequest]:
+        """G episodes per task sharing the task's seed and group id; privileged context retrieved per task.
+
+        ``learn=False`` (evaluation): a learning retriever answers with its current best choice (``best``) and
+        does not count the query, so evaluations leave the bandit exactly as training left it."""
         requests: list[EpisodeRequest] = []
         self.last_retrievals = []
         for i, task in enumerate(tasks):
             privileged: dict[str, str] = {}
             retrieval = None
             if self.retriever is not None:
-                retrieval = self.retriever.retrieve(task_type=task.task_type, goal="")
+                ask = self.retriever.retrieve if learn or not hasattr(self.retriever, "best") else self.retriever.best
+                retrieval = ask(task_type=task.task_type, goal="")
                 privileged["skills"] = retrieval.text
             group_id = first_group + i
             for g in range(group_size):
@@ -162,7 +166,7 @@ class Runtime:
     def eval_requests(self) -> list[EpisodeRequest]:
         """The fixed evaluation panel: the first ``eval_tasks`` tasks of the eval split, one episode each."""
         tasks = self.eval_tasks[: self.cfg.eval_tasks]
-        return self.requests_for(tasks, first_group=0, group_size=1, seed_base=EVAL_SEED_OFFSET)
+        return self.requests_for(tasks, first_group=0, group_size=1, seed_base=EVAL_SEED_OFFSET, learn=False)
 
     # ------------------------------------------------------------------------------------------------ teacher
     def teacher_prompts(self, trajs: Sequence[Trajectory]) -> list[tuple[int, ...]]:

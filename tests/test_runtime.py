@@ -114,6 +114,18 @@ def test_evaluation_sees_privileged_context_only_when_asked(tmp_path):
     rt.close()
 
 
+def test_evaluation_does_not_pull_the_ucb_bandit(tmp_path):
+    cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "algo.method": "sdar", "teacher.source": "skills",
+                                        "teacher.retrieval": "ucb"})
+    rt = build_runtime(cfg)
+    before = rt.retriever.state_dict()
+    assert all(r.privileged.get("skills") for r in rt.eval_requests())
+    assert rt.retriever.state_dict() == before
+    rt.requests_for(rt.eval_tasks[:1], first_group=0, group_size=2, seed_base=0)  # training queries do count
+    assert rt.retriever.state_dict() != before
+    rt.close()
+
+
 def test_score_and_em_metrics_come_from_the_last_step():
     a = Trajectory(task_id="a", task_type="x", group_id=0, episode_id=0, seed=0, turns=(_turn(0, True),),
                    won=True, final_extra={"score": 1.0})

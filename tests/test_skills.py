@@ -351,6 +351,16 @@ def test_ucb_tries_each_arm_once_then_follows_hand_computed_scores(lib3: SkillLi
     assert ucb.retrieve(task_type="type_a", goal="").skill_names == ("c",)
 
 
+def test_ucb_best_is_the_top_mean_and_counts_nothing(lib3: SkillLibrary):
+    ucb = UCBRetriever(lib3, c=1.0, seed=0)
+    assert ucb.best(task_type="t", goal="").skill_names == ("a",)  # no reward yet: all means 0, first arm
+    for r in [ucb.retrieve(task_type="t", goal="") for _ in range(3)]:
+        ucb.update(r, {"a": 0.2, "b": 0.9, "c": 0.5}[r.skill_names[0]])
+    before = ucb.state_dict()
+    assert [ucb.best(task_type="t", goal="").skill_names for _ in range(3)] == [("b",)] * 3
+    assert ucb.state_dict() == before  # no pull counted, generator untouched
+
+
 def test_ucb_c0_is_greedy(lib3: SkillLibrary):
     ucb = UCBRetriever(lib3, c=0.0, seed=1)
     for r in [ucb.retrieve(task_type="t", goal="") for _ in range(3)]:

@@ -234,6 +234,20 @@ class UCBRetriever:
         logger.debug("ucb skill scores for %r: %s", key, scores)
         return _retrieval(self.library, (choice,), self.strategy, task_type)
 
+    def best(self, *, task_type: str, goal: str) -> Retrieval:
+        """The arm with the highest mean reward so far, without counting a pull (for evaluation panels).
+
+        Arms with no reward yet count as mean 0; ties go to the first arm in library order, so the answer depends
+        only on the rewards seen, never on the exploration generator.
+        """
+        del goal
+        key = self._key(task_type)
+        sums, counts = self._reward_sum.get(key, {}), self._rewarded.get(key, {})  # read only: no bandit is created
+        means = {name: sums[name] / counts[name] if counts.get(name) else 0.0 for name in self.library.files}
+        top = max(means.values())
+        choice = next(name for name, m in means.items() if m == top)
+        return _retrieval(self.library, (choice,), self.strategy, task_type)
+
     def update(self, retrieval: Retrieval, reward: float) -> None:
         """Adds ``reward`` (the episode reward) to the running mean of the arm ``retrieval`` chose."""
         if retrieval.strategy != self.strategy or len(retrieval.skill_names) != 1:
