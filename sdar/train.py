@@ -75,7 +75,9 @@ def gap_diagnostics(rt: Runtime, step: int, trajs: list[Trajectory], batch: Toke
         out.update(gap_on_tokens(teacher_lp, student_lp, mask & ~action, "other"))
     if rt.cfg.log.delta_samples and is_main_process():
         values = delta_sample(teacher_lp, student_lp, mask, rt.cfg.log.delta_samples, seed=step)
-        with open(Path(rt.cfg.out_dir) / "delta_samples.jsonl", "a") as f:
+        out_dir = Path(rt.cfg.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "delta_samples.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "source": rt.privileged_key, "delta": values}) + "\n")
     return out
 

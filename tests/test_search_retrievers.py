@@ -178,7 +178,7 @@ def test_main_serve_runs_as_a_process_and_stops_on_interrupt(tmp_path: Path) -> 
                 time.sleep(0.2)
         assert [p.title for p in rows[0]] == ["Iron"]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0  # generous: interpreter shutdown is slow on a loaded machine
         assert b"4 passages" in proc.stderr.read()
     finally:
         if proc.poll() is None:
