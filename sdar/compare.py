@@ -66,6 +66,9 @@ DISPLAY_NAMES = {
 RESERVED = ("algo.method", "seed", "out_dir", "resume")
 """Keys compare sets per run; they cannot be passed as overrides."""
 CURVES = (("eval/success", 100.0, "success_vs_step.png", "Evaluation success", "success (%)"),
+          ("rollout/success", 100.0, "train_success_vs_step.png", "Training-rollout success", "success (%)"),
+          ("rollout/invalid_ratio", 100.0, "invalid_vs_step.png", "Invalid actions in training rollouts",
+           "invalid actions (%)"),
           ("sdar/gate_mean", 1.0, "gate_mean.png", "SDAR gate mean", "gate mean"),
           ("sdar/gate_active_ratio", 1.0, "gate_active_ratio.png", "Gate-active ratio (g > 0.5)", "ratio"),
           ("sdar/gap_pre_mean", 1.0, "teacher_gap.png", "Mean teacher-student gap Δ", "mean Δ (nats per token)"))

@@ -85,7 +85,8 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch):
     assert "| Method | pick_and_place | Avg |" in text  # the one-task panel has one task type
     assert "\n| GRPO | " in text and "\n| SDAR | " in text
     assert "## In-training evaluation: final and best" in text and "| GRPO | 0.0 | 0.0 | 0.0 |" in text
-    for name in ("success_vs_step", "gate_mean", "gate_active_ratio", "teacher_gap"):
+    for name in ("success_vs_step", "train_success_vs_step", "invalid_vs_step", "gate_mean", "gate_active_ratio",
+                 "teacher_gap"):
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
     _, overrides = parse_overrides(FAST, ())
