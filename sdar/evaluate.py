@@ -1,8 +1,9 @@
 """`sdar eval`: a checkpoint or base model on the fixed evaluation panel, over sampling seeds, with 95% intervals.
 
-The panel is the runtime's ``eval_requests()``: the first ``eval_tasks`` tasks of the eval split with fixed episode
-seeds, identical for every method, checkpoint and sampling seed. Episodes are rolled out by the training collector
-with the evaluation settings of the config (``eval_temperature``; 0 = greedy), only the sampling seed varies.
+The panel is the runtime's ``eval_requests()``: ``eval_tasks`` tasks of the eval split, taken round-robin over task
+types, with fixed episode seeds, identical for every method, checkpoint and sampling seed. Episodes are rolled out by
+the training collector with the evaluation settings of the config (``eval_temperature``; 0 = greedy), only the
+sampling seed varies.
 Metrics are percentages, as in the paper's Table 1.
 """
 

@@ -18,7 +18,7 @@ from sdar.algo.correction import resolve_correction, resolve_old_logprobs
 from sdar.algo.methods import LossSpec, get_method, resolve_loss
 from sdar.config import RunConfig
 from sdar.distributed import DataParallel, resolve_strategy
-from sdar.envs.base import EnvFactory, TaskSpec
+from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.metrics import MultiSink, ProgressLine, build_sinks
 from sdar.records import Trajectory, Turn
@@ -164,8 +164,9 @@ class Runtime:
         return requests
 
     def eval_requests(self) -> list[EpisodeRequest]:
-        """The fixed evaluation panel: the first ``eval_tasks`` tasks of the eval split, one episode each."""
-        tasks = self.eval_tasks[: self.cfg.eval_tasks]
+        """The fixed evaluation panel: ``eval_tasks`` tasks of the eval split (see ``panel_tasks``), one episode
+        each."""
+        tasks = panel_tasks(self.eval_tasks, self.cfg.eval_tasks)
         return self.requests_for(tasks, first_group=0, group_size=1, seed_base=EVAL_SEED_OFFSET, learn=False)
 
     # ------------------------------------------------------------------------------------------------ teacher

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from sdar.algo.logprobs import hidden_token_logprobs
-from sdar.envs.base import EnvFactory, TaskSpec, TextEnv
+from sdar.envs.base import EnvFactory, TaskSpec, TextEnv, panel_tasks
 from sdar.learner.local import lr_at
 from sdar.learner.packing import PackedMicroBatch, make_micro_batches
 from sdar.prompts.parse import parse_action
@@ -652,7 +652,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                 len(examples), cfg.num_tasks, sum(prompt_lens) / max(len(prompt_lens), 1), max(prompt_lens, default=0),
                 max(target_lens, default=0))
 
-    eval_tasks = source.tasks("eval")[: cfg.eval_tasks]
+    eval_tasks = panel_tasks(source.tasks("eval"), cfg.eval_tasks)  # round-robin over task types
 
     def evaluate() -> dict[str, float]:
         return measure(model, tokenizer, make_env, eval_tasks, history_length=cfg.history_length,

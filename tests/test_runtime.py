@@ -134,3 +134,12 @@ def test_score_and_em_metrics_come_from_the_last_step():
     m = rollout_metrics([a, b], 0.1)
     assert m["rollout/score"] == pytest.approx(75.0) and m["rollout/success"] == 0.5
     assert "rollout/em" not in m
+
+
+def test_panel_tasks_take_task_types_round_robin():
+    from sdar.envs.base import TaskSpec, panel_tasks
+
+    tasks = [TaskSpec(task_id=f"{t}{i}", task_type=t) for t, i in (("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2))]
+    assert [t.task_id for t in panel_tasks(tasks, 3)] == ["a1", "b1", "a2"]
+    assert [t.task_id for t in panel_tasks(tasks, 10)] == ["a1", "b1", "a2", "b2", "a3"]
+    assert panel_tasks(tasks, 0) == [] and panel_tasks([], 4) == []

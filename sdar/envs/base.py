@@ -17,7 +17,7 @@ Contract every environment follows (``sdar.envs.checker.check_env`` verifies it)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from sdar.records import EnvInfo, StepResult
 
@@ -29,6 +29,7 @@ __all__ = [
     "TaskSource",
     "TaskSpec",
     "TextEnv",
+    "panel_tasks",
 ]
 
 
@@ -111,3 +112,17 @@ class EnvUnavailable(EnvError):
             f"install it with: pip install 'sdar[{extra}]'"
         )
 
+
+def panel_tasks(tasks: Sequence[TaskSpec], k: int) -> list[TaskSpec]:
+    """The first ``k`` tasks taken round-robin over task types, so that a small panel covers every type.
+
+    Types come in the order of their first task, and each type's tasks in split order: types a, a, a, b, b and
+    ``k=3`` give a1, b1, a2. A panel of every task is the whole split in that interleaved order.
+    """
+    by_type: dict[str, list[TaskSpec]] = {}
+    for task in tasks:
+        by_type.setdefault(task.task_type, []).append(task)
+    out: list[TaskSpec] = []
+    for rank in range(max((len(v) for v in by_type.values()), default=0)):
+        out.extend(v[rank] for v in by_type.values() if rank < len(v))
+    return out[: max(k, 0)]
