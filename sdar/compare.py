@@ -294,6 +294,51 @@ def _curve_plots(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any
     return drawn, skipped
 
 
+def _diagnostic_plots(runs_by_method: Mapping[str, Sequence[Path]],
+                      rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], out: Path) -> tuple[
+        list[tuple[str, str]], list[str]]:
+    """The teacher-gap diagnostics per method, pooled over seeds and steps: Δ histogram (saved Δ samples), mean gap
+    by turn index and by relative position in the response; returns (drawn, skipped)."""
+    from sdar.plots import bar_chart, histograms
+    from sdar.report import gap_position_keys, gap_turn_keys, load_delta_samples
+
+    drawn: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    deltas = []
+    for method, dirs in runs_by_method.items():
+        pooled = [v for d in dirs for v in ((load_delta_samples(d) or ([], None))[0])]
+        if pooled:
+            deltas.append((display_name(method), pooled))
+    if deltas:
+        histograms(out / "delta_hist.png", deltas, title="Teacher-student gap Δ (saved samples, all steps and seeds)",
+                   xlabel="Δ = log π_T − log π_θ (nats)")
+        drawn.append(("Histogram of Δ", "delta_hist.png"))
+    else:
+        skipped.append("histogram of Δ: no run saved Δ samples")
+    for keys_of, file, title, xlabel in (
+            (gap_turn_keys, "gap_by_turn.png", "Mean gap Δ by turn index", "turn index"),
+            (gap_position_keys, "gap_by_position.png", "Mean gap Δ by relative position in the response",
+             "part of the response (quarters of its tokens)")):
+        all_rows = [r for runs in rows_by_method.values() for rows in runs for r in rows]
+        keys = keys_of(all_rows)
+        groups = []
+        for method, runs in rows_by_method.items():
+            rows = [r for rs in runs for r in rs]
+            means = []
+            for _, key in keys:
+                values = [float(r[key]) for r in rows if key in r]
+                means.append(sum(values) / len(values) if values else float("nan"))
+            if any(any(key in r for r in rows) for _, key in keys):
+                groups.append((display_name(method), means))
+        if groups:
+            bar_chart(out / file, [label for label, _ in keys], groups, title=title, xlabel=xlabel,
+                      ylabel="mean Δ (nats per token)")
+            drawn.append((title, file))
+        else:
+            skipped.append(f"{title}: no run logged it (no teacher)")
+    return drawn, skipped
+
+
 def run_compare(preset: str | Path, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
                 overrides: Mapping[str, Any] | None = None) -> Path:
     """Train, evaluate and tabulate; returns the path of ``table.md``."""
@@ -312,6 +357,9 @@ def run_compare(preset: str | Path, methods: Sequence[str], seeds: Sequence[int]
     rows_by_method = {m: [load_rows(p.run_dir) for p in plans if p.method == m and p.run_dir is not None]
                       for m in methods if not m.endswith("*") and m not in BASE_ROWS}
     drawn, skipped = _curve_plots(rows_by_method, root)
+    runs_by_method = {m: [p.run_dir for p in plans if p.method == m and p.run_dir is not None] for m in rows_by_method}
+    more_drawn, more_skipped = _diagnostic_plots(runs_by_method, rows_by_method, root)
+    drawn, skipped = drawn + more_drawn, skipped + more_skipped
     cfg = plans[0].cfg
     notes = [f"preset `{preset}`, overrides {dict(overrides or {})}", f"environment `{cfg.env.name}`, model "
              f"`{cfg.model.name}`, {cfg.total_steps} training steps, seeds {list(seeds)}",

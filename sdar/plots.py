@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Panel", "Series", "bar_chart", "histogram", "line_chart", "panels_chart"]
+__all__ = ["Panel", "Series", "bar_chart", "histogram", "histograms", "line_chart", "panels_chart"]
 
 
 @dataclass(frozen=True)
@@ -122,4 +122,26 @@ def histogram(path: str | Path, values: Sequence[float], *, title: str, xlabel: 
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
+    return _save(fig, path)
+
+
+def histograms(path: str | Path, named: Sequence[tuple[str, Sequence[float]]], *, title: str, xlabel: str,
+               bins: int = 50) -> Path:
+    """Overlaid step histograms (densities, shared bins), one per ``(name, values)``, each with its mean."""
+    named = [(name, list(values)) for name, values in named if values]
+    if not named:
+        raise ValueError("histograms needs at least one non-empty series")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    lo = min(min(v) for _, v in named)
+    hi = max(max(v) for _, v in named)
+    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)] if hi > lo else bins
+    for name, values in named:
+        mean = sum(values) / len(values)
+        ax.hist(values, bins=edges, density=True, histtype="step", linewidth=1.5,
+                label=f"{name} (n={len(values)}, mean {mean:+.4f})")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
     return _save(fig, path)

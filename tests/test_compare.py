@@ -86,7 +86,7 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch):
     assert "\n| GRPO | " in text and "\n| SDAR | " in text
     assert "## In-training evaluation: final and best" in text and "| GRPO | 0.0 | 0.0 | 0.0 |" in text
     for name in ("success_vs_step", "train_success_vs_step", "invalid_vs_step", "gate_mean", "gate_active_ratio",
-                 "teacher_gap"):
+                 "teacher_gap", "delta_hist", "gap_by_turn", "gap_by_position"):  # the last three: SDAR's saved gaps
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
     _, overrides = parse_overrides(FAST, ())

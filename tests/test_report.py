@@ -103,3 +103,13 @@ def test_report_on_a_tiny_run(tmp_path):
     assert "# Run report: sdar on toy with tiny-random" in text and "| success (%) |" in text
     for name in ("reward_success", "sdar_gate", "teacher_gap", "gap_by_turn", "gap_by_position", "delta_hist"):
         assert_png(run / "report" / f"{name}.png")  # the trainer saved Δ samples and the gap by position
+
+
+def test_overlaid_histograms_write_a_png_and_reject_empty_input(tmp_path):
+    from sdar.plots import histograms
+
+    path = histograms(tmp_path / "h.png", [("A", [0.0, 0.1, -0.2]), ("B", [0.3, 0.3]), ("C", [])], title="t",
+                      xlabel="x")
+    assert_png(path)
+    with pytest.raises(ValueError, match="non-empty"):
+        histograms(tmp_path / "e.png", [("A", [])], title="t", xlabel="x")
