@@ -107,6 +107,13 @@ class Runtime:
         if self.pool is not None:
             self.pool.close()
 
+    def release_generator(self) -> None:
+        """Let a generator with its own weights free its accelerator memory for the update (vLLM sleep mode; a
+        no-op for generators without ``sleep`` or that share the policy). It wakes on its next call."""
+        sleep = getattr(self.generator, "sleep", None)
+        if sleep is not None and not self.generator_is_policy:
+            sleep()
+
     def refresh_generator(self) -> None:
         """Copy the learner's current policy weights into a generator that holds its own copy (collective under
         FSDP: every rank gathers the full weights); nothing to copy when the generator samples with the policy."""

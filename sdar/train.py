@@ -91,6 +91,7 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
         mine = rt.dp.shard_requests(requests, cfg.rollout.group_size)  # this rank's whole groups (all: one process)
         settings = rt.dp.settings(rt.collect_settings(step))  # the rank is mixed into the sampling seed
         trajs = collect_episodes(mine, rt.make_env, rt.generator, rt.tokenizer, settings)
+    rt.release_generator()  # vLLM with sleep mode frees its memory for the update; the weight push wakes it
     if rt.retriever is not None:  # bandit retrieval learns from success (0/1) of the episodes it served
         for retrieval, won in zip(retrievals, rt.dp.gather([t.won for t in trajs])):  # every rank's, request order
             if retrieval is not None:

@@ -318,3 +318,30 @@ def test_config_rejects_contradictory_settings(overrides, fragment):
 
     with pytest.raises(ConfigError, match=fragment):
         load_config(SMOKE, overrides=overrides)
+
+
+def test_a_generator_with_its_own_weights_sleeps_for_the_update_and_gets_the_new_weights(tmp_path):
+    from sdar.train import train_step
+
+    rt = smoke_runtime(tmp_path)
+    events: list[str] = []
+
+    class OwnCopy:  # samples with the policy, but is treated as a separate engine (like vLLM)
+        def __init__(self, inner):
+            self.inner = inner
+
+        def generate(self, prompts, params):
+            events.append("generate")
+            return self.inner.generate(prompts, params)
+
+        def sleep(self):
+            events.append("sleep")
+
+        def load_weights(self, named_tensors):
+            events.append(f"load_weights:{sum(1 for _ in named_tensors) > 0}")
+
+    rt.generator, rt.generator_is_policy = OwnCopy(rt.generator), False
+    train_step(rt, 0)
+    rt.close()
+    first_sleep = events.index("sleep")
+    assert set(events[:first_sleep]) == {"generate"} and events[first_sleep + 1:] == ["load_weights:True"]
