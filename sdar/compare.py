@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from sdar.config import ConfigError, RunConfig, dump_yaml, load_config
+from sdar.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config
 from sdar.evaluate import (
     EVAL_FILE,
     EvalResult,
@@ -163,6 +163,10 @@ def _check_same_config(cfg: RunConfig) -> None:
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text()) or {}
+    try:  # a run written before a setting existed got that setting's default: fill it in before comparing
+        old = yaml.safe_load(dump_yaml(from_dict(RunConfig, old)))
+    except (ConfigError, TypeError, ValueError):
+        pass  # a setting was removed or renamed since: compare the raw files and report the difference
     new = yaml.safe_load(dump_yaml(cfg))
     for key in NOT_TRAINING_KEYS:
         old.pop(key, None)

@@ -102,3 +102,7 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch):
     assert (out / "table.md").read_text() == first
     changed = argv[:-2] + ["--log.sample_every", "0", "--optim.lr", "0.5"]
     assert main(changed) == 2  # a finished run trained with other settings is not silently reused
+    saved = out / "grpo" / "seed0" / "config.yaml"  # a run written before a setting existed had its default
+    saved.write_text(saved.read_text().replace("  strategy: auto\n", ""))
+    assert "strategy" not in saved.read_text()
+    assert main(argv) == 0
