@@ -164,7 +164,9 @@ def test_main_serve_runs_as_a_process_and_stops_on_interrupt(tmp_path: Path) -> 
     port = _free_port()
     code = "import sys; from sdar.envs.search.server import main_serve; sys.exit(main_serve(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "--corpus", str(corpus), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            # as when started with `nohup ... &`: the shell makes background processes ignore SIGINT
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         client = HTTPRetriever(f"http://127.0.0.1:{port}/retrieve", timeout=2, retries=0)
         deadline = time.monotonic() + 30

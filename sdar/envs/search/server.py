@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -197,6 +198,10 @@ def main_serve(argv: Sequence[str]) -> int:
     handle = serve_retriever(retriever, host=args.host, port=args.port, topk=args.topk,
                              corpus_size=len(passages), background=False)
     sys.stderr.write(f"sdar retriever: {args.retriever} over {len(passages)} passages at {handle.url}\n")
+    # Stop on Ctrl-C, `kill -INT` and `kill` (SIGTERM) even when started in the background (`nohup ... &`), where
+    # the shell makes the process ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         handle.serve_forever()
     except KeyboardInterrupt:
