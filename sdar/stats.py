@@ -119,19 +119,31 @@ def action_token_mask(responses: Sequence[Sequence[int]], decode: Callable[[Sequ
     """
     out = torch.zeros(len(responses), width, dtype=torch.bool)
     for i, ids in enumerate(responses):
-        ends = [len(decode(list(ids[: k + 1]))) for k in range(len(ids))]  # char end of every token
-        text = decode(list(ids))
+        ids = list(ids)
+        text = decode(ids)
         start = text.rfind(ACTION_OPEN)
         stop = text.find(ACTION_CLOSE, start + len(ACTION_OPEN)) if start >= 0 else -1
         if stop < 0:
             continue
         lo, hi = start + len(ACTION_OPEN), stop  # the action's characters: [lo, hi)
-        begin = 0
-        for k, end in enumerate(ends[:width]):
-            if begin < hi and end > lo:
-                out[i, k] = True
-            begin = end
+        # token k spans [end(k-1), end(k)) with end(k) = len(decode(ids[:k+1])), non-decreasing in k; the tokens
+        # overlapping [lo, hi) are first(end > lo) ... first(end >= hi), found by bisection (O(log A) decodes)
+        first = _first_token(ids, decode, lambda end: end > lo)
+        last = _first_token(ids, decode, lambda end: end >= hi)
+        out[i, first: min(last + 1, width)] = True
     return out
+
+
+def _first_token(ids: list[int], decode: Callable[[Sequence[int]], str], ok: Callable[[int], bool]) -> int:
+    """Smallest k with ``ok(len(decode(ids[:k + 1])))`` (``len(ids)`` when none); ``ok`` must be monotone in k."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(len(decode(ids[: mid + 1]))):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def gap_on_tokens(teacher_logprobs: Tensor, student_logprobs: Tensor, select: Tensor, name: str) -> dict[str, float]:
