@@ -250,7 +250,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     from sdar.learner.local import LocalLearner
     from sdar.learner.lora import AdapterOffReference, apply_lora, inner_model
     from sdar.models import load_model, load_tokenizer
-    from sdar.rollout.vllm_engine import build_generator
+    from sdar.rollout.backends import build_generator
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)

@@ -19,12 +19,12 @@ import torch
 
 from sdar.rollout import vllm_engine
 from sdar.rollout.generator import Sample, SamplingParams
+from sdar.rollout.backends import build_generator
 from sdar.rollout.hf import HFGenerator, truncated_logits
 from sdar.rollout.vllm_engine import (
     INSTALL_HINT,
     VLLMGenerator,
     VLLMNotInstalledError,
-    build_generator,
     import_vllm,
     row_seed,
     sample_from_completion,

@@ -344,24 +344,14 @@ def _engine_source(model_name: str, dtype: str) -> tuple[str, tempfile.Temporary
     return tmp.name, tmp
 
 
-def build_generator(cfg: Any, policy: Any, tokenizer: Any) -> Any:
-    """The rollout generator named by ``cfg.rollout.backend``.
-
-    ``hf``: an ``HFGenerator`` sampling with ``policy`` itself. ``vllm``: a ``VLLMGenerator`` started on the model
-    folder of ``cfg.model.name`` in ``cfg.model.dtype``; it holds its own weights (so the mismatch correction
-    applies) and is refreshed through ``load_weights`` after every update.
+def vllm_generator_for(cfg: Any) -> VLLMGenerator:
+    """A ``VLLMGenerator`` started on the model of ``cfg`` (``model.name`` in ``model.dtype``, engine length
+    ``rollout.max_prompt_tokens + rollout.max_new_tokens``); see ``sdar.rollout.backends.build_generator``.
 
     Raises:
-        VLLMNotInstalledError: ``vllm`` requested but not installed.
-        ValueError: ``vllm`` requested inside a multi-process (torchrun) job, or an unknown backend.
+        VLLMNotInstalledError: vLLM cannot be imported.
+        ValueError: inside a multi-process (torchrun) job.
     """
-    backend = cfg.rollout.backend
-    if backend == "hf":
-        from sdar.rollout.hf import HFGenerator
-
-        return HFGenerator(policy, tokenizer, batch_size=cfg.rollout.batch_size)
-    if backend != "vllm":
-        raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {backend!r}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         raise ValueError("rollout.backend=vllm runs one in-process engine per run and does not support torchrun "
                          "jobs; use rollout.backend=hf with several processes")
