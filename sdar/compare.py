@@ -9,6 +9,13 @@ resumed, and an evaluation whose checkpoint and settings are unchanged is read b
 Besides training methods, the rows ``vanilla`` (the base model) and ``skill_prompt`` (the base model with skills in
 the prompt) are evaluated without training, and ``<method>*`` evaluates ``<method>``'s runs with skills in the
 prompt (the paper's starred rows).
+
+``table.md`` holds: the final checkpoints on the panel (mean and 95% interval kept within [0, 100]: a percentile
+bootstrap over seeds and the episodes within each seed, or the Wilson interval for one seed); the difference of each
+row's final success to a baseline row paired by seed (paired bootstrap interval, exact sign-flip test); the
+in-training final and best evaluations; the steps each method needed to reach a success threshold; the gate
+statistics of the last 10 steps; and the training curves with bands within the metric's range.
+``results.json`` holds the same numbers.
 """
 
 from __future__ import annotations
@@ -33,25 +40,47 @@ from sdar.evaluate import (
     config_digest,
     eval_config,
     evaluate_model,
+    metrics_of,
     parse_overrides,
     read_result,
     summarise_seeds,
     table_columns,
     write_result,
 )
-from sdar.report import Interval, final_and_best, load_rows, markdown_table, seed_interval, series
+from sdar.report import (
+    Interval,
+    bootstrap_over_seeds,
+    final_and_best,
+    load_rows,
+    markdown_table,
+    metric_range,
+    seed_interval,
+    series,
+)
+from sdar.study_stats import (
+    GATE_KEYS,
+    PairedComparison,
+    ThresholdResult,
+    default_threshold,
+    gate_statistics,
+    paired_comparison,
+    steps_to_threshold,
+)
 
 __all__ = [
     "DISPLAY_NAMES",
     "display_name",
     "RunPlan",
     "comparison_markdown",
+    "default_baseline",
     "ensure_evaluated",
     "ensure_trained",
     "main",
+    "paired_vs_baseline",
     "plan_runs",
     "run_compare",
     "run_state",
+    "write_comparison",
 ]
 
 log = logging.getLogger(__name__)
@@ -216,18 +245,70 @@ def ensure_evaluated(plan: RunPlan) -> EvalResult:
 
 
 # ------------------------------------------------------------------------------------------------------- tables
+PAIRED_METRIC = "success"
+"""Metric of the final checkpoints compared to the baseline row, per seed (percent)."""
+CurveRows = Mapping[str, Sequence[Sequence[Mapping[str, Any]]]]
+"""Method -> the metrics.jsonl rows of each of its runs."""
+
+
+def default_baseline(methods: Sequence[str]) -> str:
+    """The row the others are compared with: ``grpo`` when it is a row, else the first row."""
+    return "grpo" if "grpo" in methods else methods[0]
+
+
 def method_summaries(results: Mapping[str, Sequence[EvalResult]]) -> dict[str, dict[str, Interval]]:
-    """Per row: mean and 95% interval of every metric over its runs (each run evaluated with one sampling seed)."""
+    """Per row: mean and 95% interval of every metric over its runs (each run evaluated with one sampling seed),
+    kept within [0, 100] (bootstrap over seeds and episodes; Wilson for one seed)."""
     out = {}
     for method, runs in results.items():
         env = runs[0].env
-        out[method] = summarise_seeds([r.outcomes[r.seeds[0]] for r in runs], env)
+        out[method] = summarise_seeds([r.outcomes[r.seeds[0]] for r in runs], env, bounded=True)
     return out
 
 
-def in_training_table(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]]) -> str | None:
-    """Final and best of the in-training evaluations per method (mean ± t-interval over seeds); None if no run
-    evaluated during training."""
+def final_by_seed(runs: Sequence[EvalResult], key: str = PAIRED_METRIC) -> dict[int, float]:
+    """Training seed (= the run's sampling seed) -> the final checkpoint's ``key`` in percent."""
+    out = {}
+    for r in runs:
+        metrics = metrics_of(r.outcomes[r.seeds[0]], r.env)
+        if key in metrics:
+            out[r.seeds[0]] = metrics[key]
+    return out
+
+
+def paired_vs_baseline(results: Mapping[str, Sequence[EvalResult]], baseline: str) -> dict[str, PairedComparison]:
+    """Every other row against ``baseline``: final success differences paired by seed (same training tasks and
+    evaluation panel); rows without a common seed are left out."""
+    base = final_by_seed(results[baseline])
+    out = {}
+    for method, runs in results.items():
+        if method != baseline:
+            paired = paired_comparison(final_by_seed(runs), base)
+            if paired.seeds:
+                out[method] = paired
+    return out
+
+
+def paired_markdown(paired: Mapping[str, PairedComparison], baseline: str) -> str:
+    """The table of :func:`paired_vs_baseline` with a sentence on the methods."""
+    lines = ["| Method | seeds | mean difference (pp) | 95% CI (paired bootstrap) | p (sign-flip) |",
+             "|---|---:|---:|---:|---:|"]
+    for method, pc in paired.items():
+        iv = pc.interval
+        ci = f"[{iv.lo:+.1f}, {iv.hi:+.1f}]" if iv.has_bounds else "–"
+        p = f"{pc.p_value:.3f}" + ("" if pc.exact else " (sampled)")
+        lines.append(f"| {display_name(method)} | {len(pc.seeds)} | {iv.mean:+.1f} | {ci} | {p} |")
+    n = max((len(pc.seeds) for pc in paired.values()), default=0)
+    note = (f"Final success of each row minus {display_name(baseline)}'s, per seed (same seed = same training tasks "
+            "and evaluation panel; only seeds both rows have count). Interval: percentile bootstrap of the mean "
+            "difference over seeds; p: two-sided sign-flip permutation test, exact (all 2^n sign patterns) up to 16 "
+            f"seeds. With n seeds the smallest possible p is 2/2^n ({2 / 2 ** n:.4f} for n = {n}).")
+    return note + "\n\n" + "\n".join(lines)
+
+
+def in_training_table(rows_by_method: CurveRows) -> str | None:
+    """Final and best of the in-training evaluations per method (mean with a bootstrap interval over seeds within
+    [0, 100] for the metrics, t-interval for the step of the best); None if no run evaluated during training."""
     specs = (("eval/success", 100.0, "success"), ("eval/score", 1.0, "score"), ("eval/em", 1.0, "EM"))
     table_rows: list[tuple[str, dict[str, Interval]]] = []
     used: list[tuple[str, str]] = []
@@ -239,7 +320,9 @@ def in_training_table(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str
                 continue
             for part in ("final", "best", "best_step"):
                 col = f"{key}:{part}"
-                cells[col] = seed_interval([fb[part] for fb in fbs if fb is not None])
+                values = [fb[part] for fb in fbs if fb is not None]
+                cells[col] = seed_interval(values) if part == "best_step" else \
+                    bootstrap_over_seeds(values, bounds=(0.0, 100.0))
                 header = {"final": f"final {name}", "best": f"best {name}", "best_step": "best at step"}[part]
                 if (col, header) not in used:
                     used.append((col, header))
@@ -248,10 +331,49 @@ def in_training_table(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str
     return markdown_table(table_rows, used) if table_rows else None
 
 
+def threshold_results(rows_by_method: CurveRows, baseline: str, threshold: float | None = None) -> tuple[
+        float | None, dict[str, ThresholdResult]]:
+    """``(threshold in percent, method -> steps to reach it)`` of the in-training ``eval/success``; the threshold is
+    ``threshold`` or 90% of the baseline's mean final in-training success (None when the baseline has none)."""
+    if threshold is None:
+        base_rows = rows_by_method.get(baseline.rstrip("*"))
+        threshold = default_threshold(base_rows) if base_rows else None
+    if threshold is None:
+        return None, {}
+    return threshold, {m: steps_to_threshold(runs, threshold) for m, runs in rows_by_method.items()}
+
+
+def threshold_markdown(threshold: float | None, results: Mapping[str, ThresholdResult], baseline: str,
+                       given: bool) -> str:
+    """The steps-to-threshold section body."""
+    if threshold is None:
+        return (f"No threshold: the baseline {display_name(baseline)} has no in-training evaluation (eval/success); "
+                "pass --threshold PERCENT.")
+    origin = "given with --threshold" if given else f"90% of {display_name(baseline)}'s mean final in-training success"
+    lines = [f"First training step at which the in-training eval/success reaches {threshold:.1f}% ({origin}); runs "
+             "that never reached it count as not reached.", "", "| Method | reached |", "|---|---:|"]
+    lines += [f"| {display_name(m)} | {r.cell()} |" for m, r in results.items()]
+    return "\n".join(lines)
+
+
+def gate_markdown(rows_by_method: CurveRows) -> str | None:
+    """Mean over seeds of each run's mean over its last 10 logged steps of the gate metrics; None when no run
+    logged any."""
+    stats = {m: gate_statistics(runs) for m, runs in rows_by_method.items()}
+    if not any(stats.values()):
+        return None
+    rows = [(display_name(m), {k: Interval(v, float("nan"), n, "none") for k, (v, n) in s.items()})
+            for m, s in stats.items()]
+    return markdown_table(rows, [(k, k.removeprefix("sdar/")) for k in GATE_KEYS], digits=3)
+
+
 def comparison_markdown(results: Mapping[str, Sequence[EvalResult]], *, title: str, notes: Sequence[str] = (),
-                        in_training: str | None = None, plots: Sequence[tuple[str, str]] = ()) -> str:
-    """The comparison page: a Table-1-shaped table of the final checkpoints, the in-training final/best table
-    and the plots."""
+                        in_training: str | None = None, plots: Sequence[tuple[str, str]] = (),
+                        baseline: str | None = None, efficiency: str | None = None,
+                        gates: str | None = None) -> str:
+    """The comparison page: a Table-1-shaped table of the final checkpoints with bounded intervals, the paired
+    differences to ``baseline`` (default :func:`default_baseline`; shown with two or more rows), and, when given,
+    the in-training final/best table, the steps-to-threshold and gate sections and the plots."""
     summaries = method_summaries(results)
     env = next(iter(results.values()))[0].env
     keys = [k for s in summaries.values() for k in s]
@@ -262,21 +384,40 @@ def comparison_markdown(results: Mapping[str, Sequence[EvalResult]], *, title: s
     lines = [f"# {title}", "", *[f"- {n}" for n in notes],
              f"- evaluation panel: {len(first.panel)} episodes (digest `{first.panel_hash}`), {decoding}, "
              "the same for every row and seed",
-             f"- {ci_note(all_iv)}; values in percent", "",
+             f"- {ci_note(all_iv)}; values in percent",
+             *(["- a row has only 2–4 seeds: a percentile bootstrap over so few seeds is too narrow, read its "
+                "interval as a rough range"] if any(1 < len(runs) < 5 for runs in results.values()) else []), "",
              "## Final checkpoints on the evaluation panel", "", table, ""]
+    baseline = baseline or default_baseline(list(results))
+    paired = paired_vs_baseline(results, baseline) if len(results) > 1 else {}
+    if paired:
+        lines += [f"## Paired differences vs {display_name(baseline)}", "", paired_markdown(paired, baseline), ""]
     if in_training is not None:
         lines += ["## In-training evaluation: final and best", "",
                   "The best value is the maximum over the periodic evaluations (same panel); the final value is the "
-                  "last of them.", "", in_training, ""]
+                  "last of them. Mean [95% percentile bootstrap over seeds] (no interval for one seed); best at "
+                  "step: mean ± t-interval.", "", in_training, ""]
+    if efficiency is not None:
+        lines += ["## Sample efficiency: steps to threshold", "", efficiency, ""]
+    if gates is not None:
+        lines += ["## Gate statistics (mean over seeds of the last 10 logged steps)", "", gates, ""]
     if plots:
-        lines += ["## Training curves (mean over seeds, 95% t-band)", ""]
+        lines += ["## Training curves", "", "Mean over seeds with a 95% band: percentile bootstrap over seeds kept "
+                  "within the metric's range for success rates, gate values and ratios; t-interval otherwise.", ""]
         lines += [f"![{t}]({f})" for t, f in plots]
     return "\n".join(lines) + "\n"
 
 
-def _curve_plots(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], out: Path) -> tuple[
-        list[tuple[str, str]], list[str]]:
-    """One PNG per curve metric with a line (and t-band over seeds) per method; returns (drawn, skipped)."""
+def curve_interval(key: str, scale: float, values: Sequence[float]) -> Interval:
+    """The band of a learning curve at one step from one value per seed: bootstrap over seeds clipped to the
+    metric's range for a bounded metric (:func:`~sdar.report.metric_range`), t-interval otherwise."""
+    bounds = metric_range(key, scale)
+    return bootstrap_over_seeds(values, bounds=bounds) if bounds is not None else seed_interval(values)
+
+
+def _curve_plots(rows_by_method: CurveRows, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """One PNG per curve metric with a line and a band over seeds (:func:`curve_interval`) per method; returns
+    (drawn, skipped)."""
     from sdar.plots import Series, line_chart
 
     drawn, skipped = [], []
@@ -287,9 +428,9 @@ def _curve_plots(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any
             if not per_run or not all(per_run):
                 continue
             steps = sorted(set.intersection(*(set(d) for d in per_run)))
-            ivs = [seed_interval([d[s] for d in per_run]) for s in steps]
-            lines.append(Series(display_name(method), steps, [iv.mean for iv in ivs],
-                                [iv.mean - iv.half_width for iv in ivs], [iv.mean + iv.half_width for iv in ivs]))
+            ivs = [curve_interval(key, scale, [d[s] for d in per_run]) for s in steps]
+            lines.append(Series(display_name(method), steps, [iv.mean for iv in ivs], [iv.lower for iv in ivs],
+                                [iv.upper for iv in ivs]))
         if lines:
             line_chart(out / name, lines, title=title, xlabel="training step", ylabel=ylabel)
             drawn.append((title, name))
@@ -298,8 +439,7 @@ def _curve_plots(rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any
     return drawn, skipped
 
 
-def _diagnostic_plots(runs_by_method: Mapping[str, Sequence[Path]],
-                      rows_by_method: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], out: Path) -> tuple[
+def _diagnostic_plots(runs_by_method: Mapping[str, Sequence[Path]], rows_by_method: CurveRows, out: Path) -> tuple[
         list[tuple[str, str]], list[str]]:
     """The teacher-gap diagnostics per method, pooled over seeds and steps: Δ histogram (saved Δ samples), mean gap
     by turn index and by relative position in the response; returns (drawn, skipped)."""
@@ -343,9 +483,59 @@ def _diagnostic_plots(runs_by_method: Mapping[str, Sequence[Path]],
     return drawn, skipped
 
 
+def write_comparison(root: Path, results: Mapping[str, Sequence[EvalResult]], rows_by_method: CurveRows, *,
+                     run_dirs: Mapping[str, Sequence[Path]] | None = None,
+                     eval_files: Mapping[str, Sequence[str]] | None = None, notes: Sequence[str] = (),
+                     baseline: str | None = None, threshold: float | None = None) -> Path:
+    """Draw the plots and write ``root/table.md`` and ``root/results.json`` from evaluated rows (``results``) and
+    the metric rows of the training runs (``rows_by_method``); returns table.md's path.
+
+    Args:
+        run_dirs: Run folders per training method (for the saved Δ samples of the diagnostic plots).
+        eval_files: The eval.json files behind each row, listed in results.json.
+        baseline: Row the others are compared with (default :func:`default_baseline`).
+        threshold: Success (percent) of the steps-to-threshold table (default: 90% of the baseline's mean final
+            in-training success).
+    """
+    baseline = baseline or default_baseline(list(results))
+    drawn, skipped = _curve_plots(rows_by_method, root)
+    more_drawn, more_skipped = _diagnostic_plots(run_dirs or {}, rows_by_method, root)
+    drawn, skipped = drawn + more_drawn, skipped + more_skipped
+    level, reached = threshold_results(rows_by_method, baseline, threshold)
+    text = comparison_markdown(
+        results, title="Method comparison", notes=[*notes, *[f"plot not drawn: {s}" for s in skipped]],
+        in_training=in_training_table(rows_by_method), plots=drawn, baseline=baseline,
+        efficiency=threshold_markdown(level, reached, baseline, threshold is not None) if rows_by_method else None,
+        gates=gate_markdown(rows_by_method))
+    (root / "table.md").write_text(text)
+    summaries = method_summaries(results)
+    paired = paired_vs_baseline(results, baseline)
+    data: dict[str, Any] = {}
+    for m, summary in summaries.items():
+        entry: dict[str, Any] = {"summary": {k: iv.to_json() for k, iv in summary.items()},
+                                 "final_success_by_seed": {str(k): v for k, v in final_by_seed(results[m]).items()},
+                                 "runs": list((eval_files or {}).get(m, []))}
+        if m in paired:
+            entry["paired_vs_baseline"] = {"baseline": baseline, "metric": PAIRED_METRIC, **paired[m].to_json()}
+        if m in reached:
+            entry["steps_to_threshold"] = {"threshold": level, "metric": "eval/success", **reached[m].to_json()}
+        if m in rows_by_method:
+            entry["gate"] = {k: v for k, (v, _) in gate_statistics(rows_by_method[m]).items()}
+        data[m] = entry
+    (root / "results.json").write_text(json.dumps(data, indent=1))
+    return root / "table.md"
+
+
 def run_compare(preset: str | Path, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
-                overrides: Mapping[str, Any] | None = None) -> Path:
-    """Train, evaluate and tabulate; returns the path of ``table.md``."""
+                overrides: Mapping[str, Any] | None = None, *, baseline: str | None = None,
+                threshold: float | None = None) -> Path:
+    """Train, evaluate and tabulate (see :func:`write_comparison`); returns the path of ``table.md``.
+
+    Raises:
+        ConfigError: on a bad plan (see :func:`plan_runs`) or a ``baseline`` that is not one of ``methods``.
+    """
+    if baseline is not None and baseline not in methods:
+        raise ConfigError(f"--baseline {baseline!r} is not one of --methods {list(methods)}")
     root = Path(out)
     plans = plan_runs(preset, methods, seeds, root, overrides)
     for plan in plans:
@@ -360,23 +550,13 @@ def run_compare(preset: str | Path, methods: Sequence[str], seeds: Sequence[int]
                            "share their environment settings, so they cannot be compared")
     rows_by_method = {m: [load_rows(p.run_dir) for p in plans if p.method == m and p.run_dir is not None]
                       for m in methods if not m.endswith("*") and m not in BASE_ROWS}
-    drawn, skipped = _curve_plots(rows_by_method, root)
-    runs_by_method = {m: [p.run_dir for p in plans if p.method == m and p.run_dir is not None] for m in rows_by_method}
-    more_drawn, more_skipped = _diagnostic_plots(runs_by_method, rows_by_method, root)
-    drawn, skipped = drawn + more_drawn, skipped + more_skipped
+    run_dirs = {m: [p.run_dir for p in plans if p.method == m and p.run_dir is not None] for m in rows_by_method}
+    eval_files = {m: [str(p.eval_dir / EVAL_FILE) for p in plans if p.method == m] for m in results}
     cfg = plans[0].cfg
     notes = [f"preset `{preset}`, overrides {dict(overrides or {})}", f"environment `{cfg.env.name}`, model "
-             f"`{cfg.model.name}`, {cfg.total_steps} training steps, seeds {list(seeds)}",
-             *[f"plot not drawn: {s}" for s in skipped]]
-    text = comparison_markdown(results, title="Method comparison", notes=notes,
-                               in_training=in_training_table(rows_by_method), plots=drawn)
-    (root / "table.md").write_text(text)
-    summaries = method_summaries(results)
-    (root / "results.json").write_text(json.dumps(
-        {m: {"summary": {k: iv.to_json() for k, iv in s.items()},
-             "runs": [str(p.eval_dir / EVAL_FILE) for p in plans if p.method == m]} for m, s in summaries.items()},
-        indent=1))
-    return root / "table.md"
+             f"`{cfg.model.name}`, {cfg.total_steps} training steps, seeds {list(seeds)}"]
+    return write_comparison(root, results, rows_by_method, run_dirs=run_dirs, eval_files=eval_files, notes=notes,
+                            baseline=baseline, threshold=threshold)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -384,17 +564,24 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="sdar compare",
         description="Train each method x seed with identical data and panels, evaluate the final checkpoints and "
-                    "write DIR/table.md (Table-1 layout) with plots. Any other --section.key VALUE overrides the "
-                    "preset for every run.")
+                    "write DIR/table.md (Table-1 layout with bounded 95% intervals, paired differences to a baseline, "
+                    "steps to a success threshold, gate statistics) and DIR/results.json with plots. Any other "
+                    "--section.key VALUE overrides the preset for every run.")
     parser.add_argument("--config", required=True, help="preset shared by every run (e.g. configs/demo_cpu.yaml)")
     parser.add_argument("--methods", nargs="+", required=True,
                         help="training methods, vanilla, skill_prompt, or METHOD* (evaluated with skills)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="comparison folder: DIR/<method>/seed<k>")
+    parser.add_argument("--baseline", default=None, help="row the others are compared with, paired by seed "
+                        "(default: grpo when it is among --methods, else the first method)")
+    parser.add_argument("--threshold", type=float, default=None, help="success in percent for the steps-to-"
+                        "threshold table (default: 90%% of the baseline's mean final in-training success)")
+    known = ("config", "methods", "seeds", "out", "baseline", "threshold")
     try:
-        rest, overrides = parse_overrides(list(argv), ("config", "methods", "seeds", "out"))
+        rest, overrides = parse_overrides(list(argv), known)
         args = parser.parse_args(rest)
-        path = run_compare(args.config, args.methods, args.seeds, args.out, overrides)
+        path = run_compare(args.config, args.methods, args.seeds, args.out, overrides, baseline=args.baseline,
+                           threshold=args.threshold)
     except ConfigError as e:
         sys.stderr.write(f"sdar compare: {e}\n")
         return 2

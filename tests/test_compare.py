@@ -50,18 +50,114 @@ def _result(env: str, label: str, seed: int, wins: list[bool]) -> EvalResult:
                       {seed: outs})
 
 
-def test_table_rows_are_methods_with_intervals_over_seeds():
-    # GRPO: seeds win 2/4 and 3/4 -> 50, 75: mean 62.5, sd 17.68, half-width 12.706 * 17.68 / sqrt(2) = 158.8
-    # GRPO Pick (even episodes): 50 and 100 -> 75, sd 35.36, half-width 12.7062 * 35.36 / sqrt(2) = 317.655;
-    # Look: 50 and 50 -> 50 ± 0. SDAR: every episode won in both seeds -> 100 ± 0
+def _cells(text: str, row: str) -> list[tuple[float, float, float]]:
+    """(mean, lo, hi) of every "mean [lo, hi]" cell of a table row."""
+    line = next(l for l in text.splitlines() if l.startswith(f"| {row} |"))
+    out = []
+    for cell in line.strip("|").split("|")[1:]:
+        mean, bounds = cell.strip().split(" [")
+        lo, hi = bounds.rstrip("]").split(", ")
+        out.append((float(mean), float(lo), float(hi)))
+    return out
+
+
+def test_table_rows_are_methods_with_bounded_intervals_over_seeds():
+    # GRPO: seeds win 2/4 and 3/4 -> 50, 75: mean 62.5 (the old t-interval, 62.5 ± 158.8, left [0, 100]);
+    # Pick (even episodes): 50 and 100 -> 75; Look: 50 and 50 -> 50. SDAR: every episode won -> 100 [100, 100]
     results = {"grpo": [_result("alfworld", "grpo", 0, [True, True, False, False]),
                         _result("alfworld", "grpo", 1, [True, True, True, False])],
                "sdar": [_result("alfworld", "sdar", s, [True] * 4) for s in (0, 1)]}
     text = comparison_markdown(results, title="T")
     assert "| Method | Pick | Look | ALF Avg |" in text
-    assert "| GRPO | 75.0 ± 317.7 | 50.0 ± 0.0 | 62.5 ± 158.8 |" in text
-    assert "| SDAR | 100.0 ± 0.0 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in text
-    assert "t-distribution over 2 seeds" in text
+    grpo = _cells(text, "GRPO")
+    assert [m for m, _, _ in grpo] == [75.0, 50.0, 62.5]
+    assert all(0.0 <= lo <= m <= hi <= 100.0 for m, lo, hi in grpo)
+    assert "| SDAR | 100.0 [100.0, 100.0] | 100.0 [100.0, 100.0] | 100.0 [100.0, 100.0] |" in text
+    assert "percentile bootstrap over 2 seeds and the episodes within each seed" in text
+    # paired by seed: SDAR - GRPO = 50, 25 -> mean 37.5; resampled means 25, 37.5, 50 -> [25, 50];
+    # sign flips of [50, 25]: |sum| >= 75 in 2 of 4 patterns -> p = 0.5
+    assert "## Paired differences vs GRPO" in text
+    assert "| SDAR | 2 | +37.5 | [+25.0, +50.0] | 0.500 |" in text
+    assert "smallest possible p is 2/2^n (0.5000 for n = 2)" in text
+    one = comparison_markdown({"grpo": results["grpo"][:1]}, title="T")
+    assert "Wilson score interval" in one and "Paired differences" not in one
+
+
+def _fake_rows(successes: list[float], gate: float | None = None) -> list[dict]:
+    """Metric rows with eval/success at steps 0, 5, 10, 15 and, for a gated method, the gate metrics every step."""
+    rows = []
+    for step in range(16):
+        row: dict = {"step": step, "rollout/success": successes[step // 5], "rollout/reward": float(step)}
+        if step % 5 == 0:
+            row["eval/success"] = successes[step // 5]
+        if gate is not None:
+            row.update({"sdar/gate_mean": gate, "sdar/gate_active_ratio": gate / 2, "sdar/expert_agree_ratio": 0.5})
+        rows.append(row)
+    return rows
+
+
+def test_comparison_of_fake_runs_has_every_section(tmp_path):
+    import json
+
+    # final in-training success of GRPO: 0.5, 0.6, 0.4 -> mean 50 %, threshold 90% of it = 45 %
+    # GRPO reaches 45 % at steps 10, 10 and never -> "2/3 seeds, median step 10"
+    # SDAR at steps 5, 10, 0 -> "3/3 seeds, median step 5"
+    grpo = [_fake_rows([0.2, 0.4, 0.5, 0.5]), _fake_rows([0.2, 0.3, 0.5, 0.6]), _fake_rows([0.1, 0.3, 0.4, 0.4])]
+    sdar_rows = [_fake_rows([0.3, 0.5, 0.7, 0.8], gate=0.4), _fake_rows([0.2, 0.3, 0.6, 0.9], gate=0.6),
+                 _fake_rows([0.5, 0.6, 0.6, 0.6], gate=0.5)]
+    # final checkpoints: GRPO wins 1, 2, 2 of 4 (25, 50, 50 %); SDAR 3, 4, 3 of 4 and a seed 3 GRPO lacks
+    results = {"grpo": [_result("toy", "grpo", s, [i < k for i in range(4)]) for s, k in ((0, 1), (1, 2), (2, 2))],
+               "sdar": [_result("toy", "sdar", s, [i < k for i in range(4)]) for s, k in ((0, 3), (1, 4), (2, 3),
+                                                                                        (3, 0))]}
+    path = compare.write_comparison(tmp_path, results, {"grpo": grpo, "sdar": sdar_rows})
+    text = path.read_text()
+    for heading in ("## Final checkpoints on the evaluation panel", "## Paired differences vs GRPO",
+                    "## In-training evaluation: final and best", "## Sample efficiency: steps to threshold",
+                    "## Gate statistics (mean over seeds of the last 10 logged steps)", "## Training curves"):
+        assert heading in text, heading
+    # paired over seeds 0-2 only: 75-25, 100-50, 75-50 = 50, 50, 25 -> mean 41.7; all positive -> p = 2/8
+    assert "| SDAR | 3 | +41.7 | [+25.0, +50.0] | 0.250 |" in text
+    assert "percentile bootstrap over 3–4 seeds and the episodes within each seed" in text
+    assert "only 2–4 seeds" in text
+    assert "reaches 45.0% (90% of GRPO's mean final in-training success)" in text
+    assert "| GRPO | 2/3 seeds, median step 10 |" in text and "| SDAR | 3/3 seeds, median step 5 |" in text
+    # gate mean over seeds: (0.4 + 0.6 + 0.5) / 3 = 0.5, active ratio half of it; GRPO has no gate
+    assert "| Method | gate_mean | gate_active_ratio | gap_action_agree | gap_action_disagree | expert_agree_ratio |" \
+        in text
+    assert "| SDAR | 0.500 | 0.250 | – | – | 0.500 |" in text and "| GRPO | – | – | – | – | – |" in text
+    for _, lo, hi in _cells(text, "SDAR")[:1]:
+        assert 0.0 <= lo <= hi <= 100.0
+    data = json.loads((tmp_path / "results.json").read_text())
+    paired = data["sdar"]["paired_vs_baseline"]
+    assert paired["baseline"] == "grpo" and paired["seeds"] == [0, 1, 2] and paired["p_value"] == 0.25
+    assert data["sdar"]["steps_to_threshold"]["steps"] == [5.0, 10.0, 0.0]
+    assert data["grpo"]["steps_to_threshold"]["reached"] == 2 and "paired_vs_baseline" not in data["grpo"]
+    assert data["sdar"]["gate"]["sdar/gate_mean"] == pytest.approx(0.5)
+    assert data["grpo"]["summary"]["success"]["method"] == "bootstrap" and "lo" in data["grpo"]["summary"]["success"]
+    assert data["sdar"]["final_success_by_seed"] == {"0": 75.0, "1": 100.0, "2": 75.0, "3": 0.0}
+    assert (tmp_path / "success_vs_step.png").read_bytes()[:8] == PNG_MAGIC
+    # another baseline and a given threshold: 65 % -> SDAR at steps 10 and 15, GRPO never
+    text = compare.write_comparison(tmp_path, results, {"grpo": grpo, "sdar": sdar_rows}, baseline="sdar",
+                                    threshold=65.0).read_text()
+    assert "## Paired differences vs SDAR" in text and "| GRPO | 3 | -41.7 |" in text
+    assert "reaches 65.0% (given with --threshold)" in text
+    assert "| SDAR | 2/3 seeds, median step 12.5 |" in text and "| GRPO | 0/3 seeds |" in text
+
+
+def test_curve_band_stays_within_the_range():
+    # success of two seeds at one step: 0 and 100 %; the t-band would be 50 ± 635
+    band = compare.curve_interval("eval/success", 100.0, [0.0, 100.0])
+    assert band.method == "bootstrap_seeds" and 0.0 <= band.lower <= band.upper <= 100.0
+    reward = compare.curve_interval("rollout/reward", 1.0, [0.0, 1.0])
+    assert reward.method == "t" and reward.lower < 0.0
+
+
+def test_unknown_baseline_is_refused(tmp_path, capsys):
+    argv = ["--config", SMOKE, "--methods", "grpo", "sdar", "--out", str(tmp_path), "--baseline", "rlsd",
+            "--threshold", "50"]
+    assert main(argv) == 2
+    assert "--baseline 'rlsd' is not one of --methods" in capsys.readouterr().err
+    assert compare.default_baseline(["sdar", "grpo"]) == "grpo" and compare.default_baseline(["sdar", "rlsd"]) == "sdar"
 
 
 def test_interrupted_run_is_resumed(tmp_path, monkeypatch):

@@ -113,3 +113,95 @@ def test_overlaid_histograms_write_a_png_and_reject_empty_input(tmp_path):
     assert_png(path)
     with pytest.raises(ValueError, match="non-empty"):
         histograms(tmp_path / "e.png", [("A", [])], title="t", xlabel="x")
+
+
+# ------------------------------------------------------------------------------------------- bounded intervals
+def test_wilson_interval_by_hand():
+    from sdar.report import Z_95, normal_quantile, wilson_interval
+
+    assert normal_quantile(0.975) == pytest.approx(Z_95, abs=1e-9)
+    assert normal_quantile(0.5) == pytest.approx(0.0, abs=1e-12)
+    # k = 3, n = 10, z = 1.959964: p = 0.3, z²/n = 3.841459 / 10 = 0.3841459, 1 + z²/n = 1.3841459
+    # centre = (0.3 + 0.3841459 / 2) / 1.3841459 = 0.4920730 / 1.3841459 = 0.355507
+    # half = 1.959964 * sqrt(0.3 * 0.7 / 10 + 3.841459 / 400) / 1.3841459
+    #      = 1.959964 * sqrt(0.021 + 0.00960365) / 1.3841459 = 1.959964 * 0.174939 / 1.3841459 = 0.247715
+    # bounds: 0.355507 - 0.247715 = 0.107792 and 0.355507 + 0.247715 = 0.603222
+    iv = wilson_interval(3, 10)
+    assert iv.mean == pytest.approx(0.3)
+    assert (iv.lo, iv.hi) == (pytest.approx(0.107792, abs=1e-5), pytest.approx(0.603222, abs=1e-5))
+    assert (iv.n, iv.method) == (10, "wilson")
+    pct = wilson_interval(3, 10, scale=100.0)
+    assert pct.cell() == "30.0 [10.8, 60.3]"
+    # k = 0 of 4: centre = half = (z²/2n) / (1 + z²/n), so the lower bound is exactly 0 (and k = n gives 1)
+    assert wilson_interval(0, 4).lo == 0.0 and wilson_interval(4, 4).hi == 1.0
+    assert 0.0 < wilson_interval(0, 4).hi < 1.0 and 0.0 < wilson_interval(4, 4).lo < 1.0
+    assert wilson_interval(0, 0).method == "none"
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_two_level_bootstrap_stays_within_zero_and_one():
+    from sdar.report import bootstrap_seeds_episodes
+
+    zeros = bootstrap_seeds_episodes([[0] * 64 for _ in range(5)])
+    ones = bootstrap_seeds_episodes([[1] * 64 for _ in range(5)])
+    assert (zeros.mean, zeros.lo, zeros.hi) == (0.0, 0.0, 0.0) and zeros.method == "bootstrap" and zeros.n == 5
+    assert (ones.mean, ones.lo, ones.hi) == (1.0, 1.0, 1.0)
+    two = bootstrap_seeds_episodes([[1, 1, 0, 0], [1, 1, 1, 0]])  # the case whose t-interval was 62.5 ± 158.8 %
+    assert two.mean == pytest.approx(0.625)
+    assert 0.0 <= two.lo <= two.mean <= two.hi <= 1.0 and two.hi - two.lo < 1.0
+    assert two == bootstrap_seeds_episodes([[1, 1, 0, 0], [1, 1, 1, 0]])  # fixed generator seed: deterministic
+    # the estimate weighs seeds equally: (mean of [1, 1] + mean of [0, 0, 0, 0]) / 2 = 0.5, not the pooled 2/6
+    assert bootstrap_seeds_episodes([[1, 1], [0, 0, 0, 0]]).mean == pytest.approx(0.5)
+
+
+def test_bootstrap_resamples_episodes_within_each_seed_and_group():
+    from sdar.report import bootstrap_interval
+
+    # one seed, so only episodes vary: groups [1, 0] and [1, 1, 1, 0] -> (0.5 + 0.75) / 2 = 0.625
+    iv = bootstrap_interval([[[1.0, 0.0], [1.0, 1.0, 1.0, 0.0]]], bounds=(0.0, 1.0))
+    assert iv.mean == pytest.approx(0.625) and 0.0 <= iv.lo < iv.mean < iv.hi <= 1.0 and iv.n == 1
+    # constant episodes within each seed: only the seeds vary, resampled means lie in {0.2, 0.5, 0.8}, whose
+    # 2.5% and 97.5% percentiles are 0.2 and 0.8 (each end has probability 1/4 among 2000 draws)
+    iv = bootstrap_interval([[[0.2] * 8], [[0.8] * 8]])
+    assert (iv.lo, iv.hi) == (pytest.approx(0.2), pytest.approx(0.8))
+    with pytest.raises(ValueError):
+        bootstrap_interval([[[1.0]], [[1.0], [0.0]]])
+
+
+def test_bootstrap_over_seeds_by_hand():
+    from sdar.report import bootstrap_over_seeds
+
+    # [50, 75]: resampled means are 50, 62.5 or 75 with probabilities 1/4, 1/2, 1/4 -> percentiles 50 and 75
+    iv = bootstrap_over_seeds([50.0, 75.0], bounds=(0.0, 100.0))
+    assert (iv.mean, iv.lo, iv.hi, iv.method) == (62.5, 50.0, 75.0, "bootstrap_seeds")
+    assert iv.cell() == "62.5 [50.0, 75.0]"
+    one = bootstrap_over_seeds([40.0], bounds=(0.0, 100.0))
+    assert one.method == "none" and one.cell() == "40.0"
+
+
+def test_interval_bounds_and_old_json():
+    from sdar.report import Interval
+
+    iv = Interval.from_bounds(62.5, 55.1, 69.4, 5, "bootstrap")
+    assert iv.cell() == "62.5 [55.1, 69.4]" and iv.half_width == pytest.approx(7.15)
+    assert (iv.lower, iv.upper) == (55.1, 69.4)
+    back = Interval.from_json(json.loads(json.dumps(iv.to_json())))
+    assert (back.mean, back.lo, back.hi, back.n, back.method) == (62.5, 55.1, 69.4, 5, "bootstrap")
+    old = Interval.from_json({"mean": 84.44, "half_width": 2.06, "n": 3, "method": "t"})  # written before lo/hi
+    assert old.cell() == "84.4 ± 2.1" and not old.has_bounds
+    assert (old.lower, old.upper) == (pytest.approx(82.38), pytest.approx(86.5))
+    assert "lo" not in old.to_json()
+    none = Interval.from_json({"mean": 1.0, "half_width": None, "n": 1, "method": "none"})
+    assert none.cell() == "1.0"
+
+
+def test_metric_range():
+    from sdar.report import metric_range
+
+    assert metric_range("eval/success", 100.0) == (0.0, 100.0)
+    assert metric_range("success/pick_and_place_simple", 100.0) == (0.0, 100.0)
+    assert metric_range("em/nq", 100.0) == (0.0, 100.0) and metric_range("eval/score") == (0.0, 1.0)
+    assert metric_range("rollout/invalid_ratio") == (0.0, 1.0) and metric_range("sdar/gate_mean") == (0.0, 1.0)
+    assert metric_range("rollout/reward") is None and metric_range("sdar/gap_pre_mean") is None
+    assert metric_range("sdar/gap_action_agree") is None
