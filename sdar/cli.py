@@ -138,7 +138,7 @@ def cmd_model(argv: Sequence[str]) -> int:
     from sdar import models
 
     if args.action == "list":
-        for alias, info in models.KNOWN_MODELS.items():
+        for alias, info in [*models.KNOWN_MODELS.items(), *models.SCRATCH_MODELS.items()]:
             path = models.prepared_dir(alias)
             state = f"prepared at {path}" if models.is_prepared(alias) else f"not prepared (run: sdar model prepare {alias})"
             sys.stdout.write(f"{alias:16s} {info}  [{state}]\n")

@@ -63,6 +63,11 @@ class ModelConfig:
 class EnvConfig:
     name: EnvName = "toy"
     """Environment: toy (built-in household game), alfworld, webshop, search."""
+    prompt_style: Literal["", "compact"] = ""
+    """Prompt wording: '' = the environment's template (the paper's structure), compact = a short variant of the
+    same parts (toy, alfworld) for small models trained from scratch."""
+    task_types: tuple[str, ...] = ()
+    """Train and evaluate on these task types only (empty = the environment's default types)."""
     train_split: str = "train"
     """Split the training tasks are drawn from."""
     eval_split: str = "eval"
@@ -176,6 +181,10 @@ class TeacherConfig:
     """Skill library folder (markdown files + skill_mapping.json); None = the built-in skills of the environment."""
     max_prompt_tokens: int = 4096
     """Teacher prompt budget; history is shortened to fit, the privileged text is never cut."""
+    hint_noise: float = 0.0
+    """Teacher reliability knob: the fraction of turns whose privileged hint is replaced by a plausible wrong one
+    (expert_plan: its next step swapped for another admissible action), chosen by a seeded hash of (seed, episode,
+    turn) so every method of a comparison sees the same wrong hints. 0 = always right."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,8 @@ class RunConfig:
     """Evaluate every k steps (0 = never)."""
     eval_tasks: int = 128
     """Tasks in the fixed evaluation panel."""
+    eval_at_start: bool = False
+    """Also evaluate the starting model before the first update (logged at step -1, i.e. after 0 updates)."""
     eval_temperature: float = 0.4
     """Evaluation sampling temperature (paper: 0.4 for ALFWorld/WebShop, 0 = greedy for Search-QA)."""
     eval_with_skills: bool = False
@@ -385,6 +396,8 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.name={e.name!r} is not available in this version; use one of {list(AVAILABLE_ENVS)}")
     if e.max_turns < 1:
         add(f"env.max_turns must be >= 1 (got {e.max_turns})")
+    if e.prompt_style == "compact" and e.name not in ("toy", "alfworld"):
+        add(f"env.prompt_style=compact exists for toy and alfworld only, not {e.name!r}; leave env.prompt_style empty")
     if e.history_length < 0:
         add(f"env.history_length must be >= 0 (got {e.history_length})")
     if e.num_workers < 0:
@@ -426,6 +439,11 @@ def validate(cfg: RunConfig) -> None:
             f"({r.max_prompt_tokens}); the teacher prompt holds the student prompt plus the privileged text, so raise it")
     if t.ucb_c < 0:
         add(f"teacher.ucb_c must be >= 0 (got {t.ucb_c})")
+    if not 0 <= t.hint_noise <= 1:
+        add(f"teacher.hint_noise is a fraction of hints and must be in [0, 1] (got {t.hint_noise})")
+    elif t.hint_noise > 0 and t.source != "expert_plan":
+        add(f"teacher.hint_noise corrupts expert_plan hints only, but teacher.source={t.source!r}; set "
+            "teacher.source=expert_plan (toy, alfworld) or teacher.hint_noise=0")
     for name in ("aux_coef", "kl_coef", "entropy_coef", "pg_coef", "clip_low", "clip_high", "rlsd_lambda"):
         v = getattr(a, name)
         if v is not None and v < 0:

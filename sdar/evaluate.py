@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import yaml
 
 from sdar.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config, nest_dotted, validate
-from sdar.report import Z_95, Interval, markdown_table, seed_interval
+from sdar.report import (
+    BOOTSTRAP_RESAMPLES,
+    Z_95,
+    Interval,
+    bootstrap_interval,
+    markdown_table,
+    seed_interval,
+    wilson_interval,
+)
 
 if TYPE_CHECKING:
     from sdar.records import Trajectory
@@ -184,14 +192,33 @@ def episode_intervals(outcomes: Sequence[EpisodeOutcome], env: str) -> dict[str,
     return out
 
 
-def summarise_seeds(per_seed: Sequence[Sequence[EpisodeOutcome]], env: str) -> dict[str, Interval]:
-    """Mean and 95% interval of every metric: a t-interval over seeds for two or more seeds (metrics every seed
-    has), the across-episode interval of :func:`episode_intervals` for one."""
-    if len(per_seed) == 1:
-        return episode_intervals(per_seed[0], env)
-    metrics = [metrics_of(outs, env) for outs in per_seed]
-    keys = [k for k in metrics[0] if all(k in m for m in metrics)] if metrics else []
-    return {k: seed_interval([m[k] for m in metrics]) for k in keys}
+def summarise_seeds(per_seed: Sequence[Sequence[EpisodeOutcome]], env: str, *,
+                    bounded: bool = False) -> dict[str, Interval]:
+    """Mean and 95% interval of every metric (metrics every seed has).
+
+    Default: a t-interval over seeds for two or more seeds, the across-episode interval of
+    :func:`episode_intervals` for one. ``bounded=True`` keeps every interval within the metric's range [0, 100]:
+    a percentile bootstrap over the seeds and the episodes within each seed (:func:`~sdar.report.bootstrap_interval`;
+    a mean over groups, such as ``em/avg``, resamples the episodes of each group separately), or, for one seed and a
+    0/1 metric of one group (success, a task type, EM of one source), the Wilson score interval of its episodes.
+    """
+    if not bounded:
+        if len(per_seed) == 1:
+            return episode_intervals(per_seed[0], env)
+        metrics = [metrics_of(outs, env) for outs in per_seed]
+        keys = [k for k in metrics[0] if all(k in m for m in metrics)] if metrics else []
+        return {k: seed_interval([m[k] for m in metrics]) for k in keys}
+    groups = [_metric_groups(outs, env) for outs in per_seed]
+    keys = [k for k in groups[0] if all(k in g for g in groups)] if groups else []
+    out = {}
+    for key in keys:
+        runs = [g[key] for g in groups]
+        if len(runs) == 1 and runs[0].binary and len(runs[0].groups) == 1:
+            values = runs[0].groups[0]
+            out[key] = wilson_interval(round(sum(values) / 100.0), len(values), scale=100.0)
+        else:
+            out[key] = bootstrap_interval([m.groups for m in runs], bounds=(0.0, 100.0))
+    return out
 
 
 def table_columns(env: str, keys: Sequence[str] | Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -217,11 +244,29 @@ def table_columns(env: str, keys: Sequence[str] | Mapping[str, Any]) -> list[tup
 
 
 def ci_note(summary: Mapping[str, Interval]) -> str:
-    """One sentence saying how the ± values of ``summary`` were computed."""
+    """One sentence saying how the intervals of ``summary`` were computed."""
     methods = {iv.method for iv in summary.values()}
     if "t" in methods:
         n = max(iv.n for iv in summary.values())
         return f"mean ± 95% CI half-width, t-distribution over {n} seeds"
+
+    def seeds(method: str) -> str:
+        counts = sorted({iv.n for iv in summary.values() if iv.method == method})
+        return f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds"
+
+    bounded = []
+    if "bootstrap" in methods:
+        one = all(iv.n == 1 for iv in summary.values() if iv.method == "bootstrap")
+        over = "over the episodes of the one seed" if one else f"over {seeds('bootstrap')} and the episodes within " \
+            "each seed"
+        bounded.append(f"percentile bootstrap {over} ({BOOTSTRAP_RESAMPLES} resamples, fixed random seed)")
+    if "bootstrap_seeds" in methods:
+        bounded.append(f"percentile bootstrap over {seeds('bootstrap_seeds')} ({BOOTSTRAP_RESAMPLES} resamples, "
+                       "fixed random seed)")
+    if "wilson" in methods:
+        bounded.append("Wilson score interval over the episodes for success rates and EM")
+    if bounded:
+        return "mean [95% CI]: " + "; ".join(bounded) + "; the bounds stay within the metric's range"
     parts = []
     if "binomial" in methods:
         parts.append("normal approximation to the binomial for success and EM")
@@ -359,6 +404,7 @@ def evaluate_model(cfg: RunConfig, *, checkpoint: str | Path | None = None, seed
             with ``seed=k`` does.
         label: Row name in tables (default: the method name).
     """
+    from sdar.metrics import RolloutProgress
     from sdar.rollout.collect import collect_episodes
     from sdar.runtime import build_runtime
 
@@ -375,7 +421,9 @@ def evaluate_model(cfg: RunConfig, *, checkpoint: str | Path | None = None, seed
         outcomes: dict[int, tuple[EpisodeOutcome, ...]] = {}
         for seed in seeds:
             seeded = dataclasses.replace(rt, cfg=dataclasses.replace(rt.cfg, seed=seed))
-            trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, seeded.eval_settings())
+            progress = RolloutProgress(f"eval seed {seed}") if rt.dp.is_main else None
+            trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, seeded.eval_settings(),
+                                     progress=progress)
             outcomes[seed] = tuple(outcome_of(t, cfg.env.name) for t in trajs)
             log.info("eval seed %d: success %.1f%%", seed, metrics_of(outcomes[seed], cfg.env.name)["success"])
     finally:

@@ -1,25 +1,33 @@
-"""Where training metrics go (JSONL, TensorBoard), stage timing, and a console progress line with an ETA."""
+"""Where training metrics go (JSONL, TensorBoard), stage timing, a console progress line with an ETA, and a
+throttled console line for the turns of a long episode collection."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from sdar.rollout.collect import TurnProgress
 
 __all__ = [
     "JsonlSink",
     "MetricsSink",
     "MultiSink",
     "ProgressLine",
+    "RolloutProgress",
     "StageTimer",
     "TensorBoardSink",
     "build_sinks",
     "eta_seconds",
     "format_duration",
+    "format_rollout",
+    "rollout_eta",
 ]
 
 logger = logging.getLogger(__name__)
@@ -238,3 +246,79 @@ class ProgressLine:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _console_write(line: str) -> None:
+    """Print ``line`` to stderr without tearing an active tqdm bar (tqdm redraws the bar below the line)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency; plain stderr is enough without it
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        return
+    tqdm.write(line, file=sys.stderr)
+
+
+def rollout_eta(p: TurnProgress) -> float | None:
+    """Seconds left if every remaining turn up to ``max_turns`` takes the mean time of the turns so far.
+
+    An upper-bound style estimate: episodes that end early make later turns smaller and faster, and the collection
+    stops as soon as none is left. None before a turn is done."""
+    done = p.turn + 1
+    if done <= 0:
+        return None
+    if p.active == 0:
+        return 0.0
+    return p.seconds / done * max(p.max_turns - done, 0)
+
+
+def format_rollout(p: TurnProgress, label: str = "rollout") -> str:
+    """``"rollout: turn 3/8, 24/32 episodes active, 1,234 tokens, 95 tok/s, ETA ~40s"``."""
+    rate = p.tokens / p.seconds if p.seconds > 0 else 0.0
+    return (f"{label}: turn {p.turn + 1}/{p.max_turns}, {p.active}/{p.total} episodes active, {p.tokens:,} tokens, "
+            f"{rate:,.0f} tok/s, ETA ~{format_duration(rollout_eta(p))}")
+
+
+class RolloutProgress:
+    """A ``collect_episodes(progress=...)`` callback that prints one status line at most every ``interval_s``.
+
+    The first line comes only once ``interval_s`` has passed since this object was made, so a collection that is
+    over in less time prints nothing (tests, quick runs); a long one shows a line every ``interval_s`` or so instead
+    of a frozen screen. Make one per collection (or call ``restart``) so that the delay counts from its start.
+
+    Args:
+        label: Line prefix, e.g. ``"rollout"`` or ``"eval before"``.
+        interval_s: Minimum seconds between lines (and before the first).
+        clock: Seconds counter (injectable for tests).
+        write: Receives each finished line (default: stderr, cooperating with tqdm bars).
+    """
+
+    def __init__(
+        self,
+        label: str = "rollout",
+        *,
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
+        if interval_s < 0:
+            raise ValueError(f"interval_s must be >= 0, got {interval_s}")
+        self.label = label
+        self.interval_s = interval_s
+        self._clock = clock
+        self._write = write or _console_write
+        self._last = clock()
+        self.lines: int = 0
+        """Lines printed so far."""
+
+    def restart(self) -> None:
+        """Count the delay of the next line from now (reuse for another collection)."""
+        self._last = self._clock()
+
+    def __call__(self, p: TurnProgress) -> None:
+        now = self._clock()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        self.lines += 1
+        self._write(format_rollout(p, self.label))

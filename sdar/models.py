@@ -77,12 +77,19 @@ def is_prepared(alias: str, cache: Path | None = None) -> bool:
     return _is_prepared(prepared_dir(alias, cache))
 
 
+SCRATCH_MODELS: dict[str, str] = {
+    "toy-lm": "a ~0.3M-parameter Qwen2-style model initialised from scratch with a BPE tokenizer trained on the "
+              "built-in game's text (the testbed policy; train it with sdar sft first)",
+}
+"""Aliases built locally from nothing (no download, a few seconds); prepared automatically on first use."""
+
+
 def _source(alias: str) -> GGUFSource:
     try:
         return KNOWN_MODELS[alias]
     except KeyError:
         raise ModelNotFoundError(
-            f"unknown model alias {alias!r}; known aliases: {', '.join(sorted(KNOWN_MODELS))}"
+            f"unknown model alias {alias!r}; known aliases: {', '.join(sorted([*KNOWN_MODELS, *SCRATCH_MODELS]))}"
         ) from None
 
 
@@ -121,7 +128,7 @@ def _is_prepared(folder: Path) -> bool:
 def prepare_model(
     alias: str, *, out_dir: Path | None = None, dtype: StoreDtype = "float32", force: bool = False
 ) -> Path:
-    """Convert a known GGUF model to a plain transformers folder (safetensors + tokenizer + chat template), once.
+    """Convert a known GGUF model (or build a ``SCRATCH_MODELS`` one) into a plain transformers folder, once.
 
     The conversion is written to a temporary sibling folder and renamed into place, so an interrupted run never
     leaves a half-written model behind.
@@ -148,15 +155,22 @@ def prepare_model(
             f"{target} exists but holds no prepared model; remove it or pass force=True "
             f"(sdar model prepare {alias} --force)"
         )
-    source = gguf_path(alias)
+    source = None if alias in SCRATCH_MODELS else gguf_path(alias)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        logger.info("converting %s (%s) to %s; this takes about half a minute", alias, source.name, target)
-        model, tokenizer = _load_gguf(source)
-        _save_dequantized(model, tokenizer, tmp, dtype)
+        if source is None:
+            from sdar.testbed import prepare_testbed
+
+            logger.info("building %s from scratch in %s", alias, target)
+            prepare_testbed(tmp)
+        else:
+            logger.info("converting %s (%s) to %s; this takes about half a minute", alias, source.name, target)
+            model, tokenizer = _load_gguf(source)
+            _save_dequantized(model, tokenizer, tmp, dtype)
         (tmp / _MARKER).write_text(
-            json.dumps({"alias": alias, "source": source.name, "dtype": dtype}, indent=2) + "\n", encoding="utf-8"
+            json.dumps({"alias": alias, "source": source.name if source else "scratch", "dtype": dtype}, indent=2)
+            + "\n", encoding="utf-8"
         )
         _move_into_place(tmp, target)
     finally:
@@ -232,6 +246,8 @@ def resolve_model_path(name_or_path: str) -> str:
     """
     if name_or_path == TINY_RANDOM:
         return name_or_path
+    if name_or_path in SCRATCH_MODELS:
+        return str(prepare_model(name_or_path))  # built from nothing in seconds: no separate prepare step
     if name_or_path in KNOWN_MODELS:
         folder = prepared_dir(name_or_path)
         if not _is_prepared(folder):

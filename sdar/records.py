@@ -70,6 +70,8 @@ class PromptContext:
     admissible_actions: tuple[str, ...] = ()
     history: tuple[tuple[str, str], ...] = ()
     """The most recent (observation, action) pairs, oldest first, already cut to the history window."""
+    style: str = ""
+    """Prompt style: '' = the environment's own template, 'compact' = its short variant (``sdar.prompts``)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class Turn:
     observation: str
     """Observation returned by the environment after this action."""
     done: bool
+    privileged: Mapping[str, str] = field(default_factory=dict)
+    """The environment's privileged information in the state this turn acted in (``EnvInfo.privileged`` before the
+    action, e.g. the remaining ``expert_plan`` from this state). Teacher-only, like ``Trajectory.privileged``."""
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,11 @@ import torch
 from sdar.algo.correction import resolve_correction, resolve_old_logprobs
 from sdar.algo.methods import LossSpec, get_method, resolve_loss
 from sdar.config import RunConfig
+from sdar.data.hints import corrupt_plan, hint_is_corrupted
 from sdar.distributed import DataParallel, resolve_strategy
 from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
 from sdar.envs.registry import make_env_factory, make_task_source
+from sdar.learner.packing import choose_layout
 from sdar.metrics import MultiSink, ProgressLine, build_sinks
 from sdar.records import Trajectory, Turn
 from sdar.rollout.collect import CollectSettings, EpisodeRequest
@@ -51,15 +53,6 @@ def resolve_spec(cfg: RunConfig, *, rlsd_lambda_now: float | None = None) -> Los
         rlsd_lambda=rlsd_lambda_now if rlsd_lambda_now is not None else a.rlsd_lambda,
         rlsd_warmdown_steps=a.rlsd_warmdown_steps,
     )
-
-
-def choose_layout(layout: str, model: Any) -> str:
-    """``auto``: pack rows only when the attention kernel handles packed sequences natively (flash attention);
-    with dense kernels (sdpa/eager) a packed row costs attention over the whole packed length, so pad by buckets."""
-    if layout != "auto":
-        return layout
-    impl = str(getattr(model.config, "_attn_implementation", "") or "")
-    return "packed" if "flash" in impl else "bucketed"
 
 
 def pick_device(name: str) -> torch.device:
@@ -130,6 +123,7 @@ class Runtime:
             invalid_penalty=c.env.invalid_penalty,
             sampling=sampling,
             enable_thinking=c.model.enable_thinking,
+            prompt_style=c.env.prompt_style,
             student_privileged_source=student_key,
         )
 
@@ -183,9 +177,17 @@ class Runtime:
         from sdar.data.tokenize import teacher_prompts
 
         key = self.privileged_key
+        noise = self.cfg.teacher.hint_noise
 
         def source_text(traj: Trajectory, turn: Turn) -> str | None:
-            return traj.privileged.get(key) if key else None
+            if not key:
+                return None
+            text = turn.privileged.get(key) or traj.privileged.get(key)  # this state's hint, else the episode's
+            if text and noise > 0 and hint_is_corrupted(noise, seed=self.cfg.seed, episode_id=traj.episode_id,
+                                                        turn=turn.index):
+                text = corrupt_plan(text, turn.context.admissible_actions,
+                                    seed=_mix(self.cfg.seed, traj.episode_id, turn.index, 5))
+            return text
 
         if self.cfg.rollout.view == "conversation":
             firsts = [Trajectory(t.task_id, t.task_type, t.group_id, t.episode_id, t.seed, t.turns[:1], t.won,
@@ -307,7 +309,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
              f" ({'; '.join(gaps)})" if gaps and old_logprobs == "recompute" else "", correction)
     if old_logprobs == "rollout" and gaps:
         log.warning("algo.old_logprobs=rollout although %s", "; ".join(gaps))
-    source = make_task_source(cfg.env.name, data_dir=cfg.env.data_dir)
+    source = make_task_source(cfg.env.name, data_dir=cfg.env.data_dir, task_types=cfg.env.task_types)
     retriever = None
     needs_skills = (cfg.teacher.source == "skills" and (spec.needs_teacher or method.student_sees_skills)) or \
         cfg.eval_with_skills

@@ -30,7 +30,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,10 +38,14 @@ from torch import Tensor, nn
 from sdar.algo.logprobs import hidden_token_logprobs
 from sdar.envs.base import EnvFactory, TaskSpec, TextEnv, panel_tasks
 from sdar.learner.local import lr_at
-from sdar.learner.packing import PackedMicroBatch, make_micro_batches
+from sdar.learner.packing import PackedMicroBatch, choose_layout, make_micro_batches
+from sdar.metrics import RolloutProgress, eta_seconds, format_duration
 from sdar.prompts.parse import parse_action
 from sdar.prompts.render import build_context, fit_prompt
 from sdar.records import EnvInfo, PromptContext
+
+if TYPE_CHECKING:
+    from sdar.rollout.collect import TurnProgress
 
 __all__ = [
     "REASONING_TEMPLATES",
@@ -193,6 +197,8 @@ class ExpertTurn:
     """Built with ``build_context`` exactly as ``collect_episodes`` builds it (before prompt fitting)."""
     action: str
     """The action as the environment received it (the matching admissible entry when there is a list)."""
+    privileged: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The environment's privileged information in this state (e.g. the remaining ``expert_plan``)."""
 
 
 def episode_seed(seed: int, index: int, *, purpose: str = "demo") -> int:
@@ -210,12 +216,14 @@ def expert_turns(
     max_turns: int,
     seed: int,
     keep_failed: bool = False,
+    style: str = "",
 ) -> list[ExpertTurn]:
     """Play every task with ``expert`` and record each turn's prompt context and action.
 
     Episode ``i`` is reset with ``episode_seed(seed, i)``. History pairs are (observation the turn saw, action), as
     in the collector. An episode whose expert action is not admissible, whose expert fails, or (unless
-    ``keep_failed``) that is not won within ``max_turns`` is dropped with a warning.
+    ``keep_failed``) that is not won within ``max_turns`` is dropped with a warning. ``style`` is the prompt style
+    of the recorded contexts.
 
     Returns:
         The turns of the kept episodes, episode by episode, in task order.
@@ -223,7 +231,7 @@ def expert_turns(
     out: list[ExpertTurn] = []
     dropped = 0
     for i, task in enumerate(tasks):
-        turns, won = _play(make_env, task, expert, history_length, max_turns, episode_seed(seed, i))
+        turns, won = _play(make_env, task, expert, history_length, max_turns, episode_seed(seed, i), style)
         if turns is None or not (won or keep_failed):
             dropped += 1
             continue
@@ -234,7 +242,8 @@ def expert_turns(
 
 
 def _play(
-    make_env: EnvFactory, task: TaskSpec, expert: Expert, history_length: int, max_turns: int, seed: int
+    make_env: EnvFactory, task: TaskSpec, expert: Expert, history_length: int, max_turns: int, seed: int,
+    style: str = "",
 ) -> tuple[list[ExpertTurn] | None, bool]:
     """One expert episode; ``(None, False)`` when the expert fails or proposes an inadmissible action."""
     env = make_env()
@@ -244,7 +253,7 @@ def _play(
         turns: list[ExpertTurn] = []
         for turn in range(max_turns):
             ctx = build_context(
-                env.name, info.goal, turn, observation, info.admissible_actions, history, history_length
+                env.name, info.goal, turn, observation, info.admissible_actions, history, history_length, style
             )
             try:
                 proposed = expert(env, observation, info)
@@ -255,7 +264,8 @@ def _play(
             if not parsed.valid:
                 logger.warning("expert action %r on task %s is not admissible", proposed, task.task_id)
                 return None, False
-            turns.append(ExpertTurn(task.task_id, info.task_type or task.task_type, seed, turn, ctx, parsed.action))
+            turns.append(ExpertTurn(task.task_id, info.task_type or task.task_type, seed, turn, ctx, parsed.action,
+                                    dict(info.privileged)))
             result = env.step(parsed.action)
             history.append((observation, parsed.action))
             observation, info = result.observation, result.info
@@ -278,11 +288,17 @@ def reasoning_line(goal: str, action: str, *, step: int, choice: int) -> str:
     return template.format(goal=g, action=action, step=step + 1)
 
 
-def target_text(turn: ExpertTurn, *, seed: int) -> str:
-    """``<think>{reasoning}</think><action>{action}</action>``; the template is a deterministic function of seed."""
-    choice = _pick(f"{seed}:{turn.task_id}:{turn.episode_seed}:{turn.index}", len(REASONING_TEMPLATES))
-    thought = reasoning_line(turn.context.goal, turn.action, step=turn.index, choice=choice)
-    return f"<think>{thought}</think><action>{turn.action}</action>"
+def target_text(turn: ExpertTurn, *, seed: int, reasoning: bool = True, action: str | None = None) -> str:
+    """``<think>{reasoning}</think><action>{action}</action>``; the template is a deterministic function of seed.
+
+    ``reasoning=False`` leaves the think block empty; ``action`` replaces the turn's action (privileged examples
+    answer with the plan's next step)."""
+    act = turn.action if action is None else action
+    thought = ""
+    if reasoning:
+        choice = _pick(f"{seed}:{turn.task_id}:{turn.episode_seed}:{turn.index}", len(REASONING_TEMPLATES))
+        thought = reasoning_line(turn.context.goal, act, step=turn.index, choice=choice)
+    return f"<think>{thought}</think><action>{act}</action>"
 
 
 @dataclass(frozen=True)
@@ -297,6 +313,25 @@ class SFTExample:
     """The target text (without the eos token)."""
 
 
+def privileged_example_turns(turns: Sequence[ExpertTurn], fraction: float, *, source: str, seed: int) -> list[
+        tuple[ExpertTurn, str, str]]:
+    """The turns (a seeded ``fraction`` of those whose state has a ``source`` plan) that also become privileged
+    examples: ``(turn, privileged text, action)`` with the plan's next step as the action."""
+    from sdar.data.hints import plan_steps
+
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"privileged_fraction must be in [0, 1], got {fraction}")
+    out = []
+    for turn in turns:
+        text = turn.privileged.get(source, "")
+        steps = plan_steps(text)
+        if not steps:
+            continue
+        if _pick(f"priv:{seed}:{turn.task_id}:{turn.episode_seed}:{turn.index}", 1_000_000) < fraction * 1_000_000:
+            out.append((turn, text, steps[0]))
+    return out
+
+
 def encode_examples(
     tokenizer: Any,
     turns: Sequence[ExpertTurn],
@@ -305,8 +340,13 @@ def encode_examples(
     max_prompt_tokens: int,
     system: str | None = None,
     enable_thinking: bool | None = None,
+    reasoning: bool = True,
+    privileged: Sequence[tuple[ExpertTurn, str, str]] = (),
 ) -> list[SFTExample]:
     """Encode prompts with the collector's ``fit_prompt`` settings and targets as text ids + eos.
+
+    ``privileged`` adds one example per ``(turn, text, action)``: the turn's prompt with ``text`` in the privileged
+    block (as the teacher sees it) answered with ``action``.
 
     Raises:
         ValueError: when the tokenizer has no eos token or a prompt does not fit even without history.
@@ -315,16 +355,17 @@ def encode_examples(
         raise ValueError("the tokenizer has no eos token; targets must end with one so generation learns to stop")
     eos = int(tokenizer.eos_token_id)
     out = []
-    for turn in turns:
+    items = [(turn, None, None) for turn in turns] + [(t, text, a) for t, text, a in privileged]
+    for turn, text_in, action in items:
         ids, _ = fit_prompt(
             tokenizer,
             turn.context,
-            privileged=None,
+            privileged=text_in,
             max_tokens=max_prompt_tokens,
             system=system,
             enable_thinking=enable_thinking,
         )
-        text = target_text(turn, seed=seed)
+        text = target_text(turn, seed=seed, reasoning=reasoning, action=action)
         target = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
         out.append(SFTExample(tuple(ids), tuple(target), text))
     return out
@@ -382,7 +423,7 @@ def target_nll(
     model.eval()
     total, count = 0.0, 0
     try:
-        for mb in make_micro_batches(_rows(examples), max_tokens=batch_tokens, layout="packed"):
+        for mb in make_micro_batches(_rows(examples), max_tokens=batch_tokens, layout=choose_layout("auto", model)):
             lp = target_logprobs(model, mb, autocast_dtype=autocast_dtype)
             total += float(-lp.sum())
             count += lp.numel()
@@ -454,6 +495,7 @@ def train_sft(
     total = epochs * per_epoch
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
+    layout = choose_layout("auto", model)  # packed rows only where the attention kernel isolates them natively
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(rows), generator=shuffle).tolist()
@@ -462,7 +504,7 @@ def train_sft(
             began = time.perf_counter()
             batch = [rows[i] for i in order[start : start + batch_rows]]
             n_targets = sum(len(t) for _, t in batch)
-            micro = make_micro_batches(batch, max_tokens=batch_tokens, layout="packed")
+            micro = make_micro_batches(batch, max_tokens=batch_tokens, layout=layout)
             loss_value = 0.0
             for mb in micro:
                 loss = -target_logprobs(model, mb, autocast_dtype=autocast_dtype).sum() / n_targets
@@ -485,8 +527,9 @@ def train_sft(
                 "input_tokens": float(sum(mb.num_tokens for mb in micro)), "seconds": time.perf_counter() - began,
             }
             history.append(metrics)
-            logger.info("sft step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.1fs", step + 1, total, loss_value,
-                        step_lr, grad_norm, metrics["seconds"])
+            eta = eta_seconds([h["seconds"] for h in history], total - len(history))
+            logger.info("sft step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.1fs  ETA ~%s", step + 1, total,
+                        loss_value, step_lr, grad_norm, metrics["seconds"], format_duration(eta))
     model.eval()
     return history
 
@@ -507,8 +550,15 @@ def measure(
     batch_size: int = 16,
     enable_thinking: bool | None = None,
     autocast_dtype: torch.dtype | None = None,
+    privileged_source: str | None = None,
+    progress: Callable[[TurnProgress], None] | None = None,
+    prompt_style: str = "",
 ) -> dict[str, float]:
     """Run one episode per task through the rollout collector and report how well the model acts.
+
+    ``privileged_source`` puts that privileged text (e.g. the state's ``expert_plan``) in every prompt, as the
+    teacher sees it. ``progress`` is called after every turn (``collect_episodes``'s callback), e.g. a
+    ``sdar.metrics.RolloutProgress`` console line.
 
     Returns:
         ``episodes``, ``success_rate`` (won episodes), ``valid_action_rate`` (valid turns / all turns),
@@ -527,11 +577,13 @@ def measure(
         max_prompt_tokens=max_prompt_tokens,
         sampling=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
         enable_thinking=enable_thinking,
+        student_privileged_source=privileged_source,
+        prompt_style=prompt_style,
     )
     generator = HFGenerator(model, tokenizer, batch_size=batch_size)
     device = next(model.parameters()).device
     with _autocast(device, autocast_dtype):
-        trajectories = collect_episodes(requests, make_env, generator, tokenizer, settings)
+        trajectories = collect_episodes(requests, make_env, generator, tokenizer, settings, progress=progress)
     turns = [t for traj in trajectories for t in traj.turns]
     n_turns = max(len(turns), 1)
     return {
@@ -574,8 +626,10 @@ class SFTConfig:
     """Token budget of one packed forward/backward pass."""
     train_layers: int = 12
     """Train only this many top decoder layers plus the final norm (0 = all parameters)."""
-    autocast: Literal["none", "bfloat16"] = "bfloat16"
-    """Run training and measurement forward passes under bfloat16 autocast (weights stay float32)."""
+    autocast: Literal["auto", "none", "bfloat16"] = "auto"
+    """Forward passes of training and measurement under bfloat16 autocast (weights stay float32): bfloat16 = always,
+    none = never, auto = on a GPU that supports it, and on a CPU only where a one-time probe found bf16 matmuls
+    faster than fp32 (``sdar.hardware``; CPUs without native bf16 can be tens of times slower with it)."""
     history_length: int = 2
     """(observation, action) pairs shown in each prompt; keep it equal to env.history_length of the RL run."""
     max_turns: int = 15
@@ -598,6 +652,21 @@ class SFTConfig:
     """Also measure the starting model (doubles the measurement time)."""
     num_threads: int = 0
     """CPU threads for torch (0 = torch's default); on a busy machine fewer threads can be faster."""
+    task_types: tuple[str, ...] = ()
+    """Only these task types (empty = the environment's default types), as env.task_types of the RL run."""
+    prompt_style: Literal["", "compact"] = ""
+    """Prompt style, as env.prompt_style of the RL run ('' = the environment's template, compact = short)."""
+    keep_unfinished: bool = False
+    """Keep the turns of expert episodes that did not win within max_turns (their actions are still the expert's)."""
+    reasoning: bool = True
+    """Targets carry a one-sentence reasoning line inside <think></think> (false: an empty think block)."""
+    privileged_fraction: float = 0.0
+    """Fraction of demonstrated turns that are also trained with the privileged text (privileged_source) in the
+    prompt and the plan's next step as the answer, so the same weights learn to act on the teacher's context."""
+    privileged_source: str = "expert_plan"
+    """Privileged source of those examples (a numbered plan the environment reports per state)."""
+    eval_privileged: bool = False
+    """Also measure the trained model with the privileged text in every prompt (how much the context helps)."""
 
     def __post_init__(self) -> None:
         for name in ("num_tasks", "epochs", "batch_rows", "batch_tokens", "max_turns", "max_prompt_tokens",
@@ -609,6 +678,8 @@ class SFTConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.eval_temperature < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and eval_temperature, weight_decay >= 0")
+        if not 0 <= self.privileged_fraction <= 1:
+            raise ValueError(f"privileged_fraction must be in [0, 1], got {self.privileged_fraction}")
 
 
 def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
@@ -629,23 +700,30 @@ def _cycle(tasks: Sequence[TaskSpec], n: int) -> list[TaskSpec]:
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Record demonstrations, measure, train, measure again, save; returns the report written to sft_report.json."""
     from sdar.envs.registry import make_env_factory, make_task_source
+    from sdar.hardware import cpu_description, resolve_autocast
     from sdar.models import load_model, load_tokenizer
 
     torch.manual_seed(cfg.seed)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     make_env = make_env_factory(cfg.env, max_turns=cfg.max_turns)
-    source = make_task_source(cfg.env)
+    source = make_task_source(cfg.env, task_types=cfg.task_types)
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, dtype="float32")
-    autocast = torch.bfloat16 if cfg.autocast == "bfloat16" else None
+    device = next(model.parameters()).device
+    autocast = resolve_autocast(cfg.autocast, device)
+    logger.info("CPU: %s; device %s; autocast %s -> compute dtype %s", cpu_description(), device, cfg.autocast,
+                str(autocast or torch.float32).removeprefix("torch."))
 
     began = time.perf_counter()
     turns = expert_turns(make_env, _cycle(source.tasks("train"), cfg.num_tasks),
                          expert=expert_for(cfg.env, cfg.expert), history_length=cfg.history_length,
-                         max_turns=cfg.max_turns, seed=cfg.seed)
+                         max_turns=cfg.max_turns, seed=cfg.seed, keep_failed=cfg.keep_unfinished,
+                         style=cfg.prompt_style)
+    privileged = privileged_example_turns(turns, cfg.privileged_fraction, source=cfg.privileged_source,
+                                          seed=cfg.seed) if cfg.privileged_fraction > 0 else []
     examples = encode_examples(tokenizer, turns, seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens,
-                               enable_thinking=cfg.enable_thinking)
+                               enable_thinking=cfg.enable_thinking, reasoning=cfg.reasoning, privileged=privileged)
     prompt_lens = [len(e.prompt_ids) for e in examples]
     target_lens = [len(e.target_ids) for e in examples]
     logger.info("%d expert turns from %d episodes; prompt tokens mean %.0f max %d; target tokens max %d",
@@ -654,13 +732,15 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
 
     eval_tasks = panel_tasks(source.tasks("eval"), cfg.eval_tasks)  # round-robin over task types
 
-    def evaluate() -> dict[str, float]:
+    def evaluate(label: str, privileged_source: str | None = None) -> dict[str, float]:
         return measure(model, tokenizer, make_env, eval_tasks, history_length=cfg.history_length,
                        max_turns=cfg.max_turns, max_prompt_tokens=cfg.max_prompt_tokens,
                        max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature, seed=cfg.seed,
-                       enable_thinking=cfg.enable_thinking, autocast_dtype=autocast)
+                       enable_thinking=cfg.enable_thinking, autocast_dtype=autocast,
+                       privileged_source=privileged_source, prompt_style=cfg.prompt_style,
+                       progress=RolloutProgress(f"measure {label}"))
 
-    before = evaluate() if eval_tasks and cfg.eval_before else None
+    before = evaluate("before") if eval_tasks and cfg.eval_before else None
     if before is not None:
         logger.info("before: %s", before)
     trainable = freeze_lower_layers(model, cfg.train_layers)
@@ -668,9 +748,13 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                         batch_tokens=cfg.batch_tokens, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
                         weight_decay=cfg.weight_decay, autocast_dtype=autocast, seed=cfg.seed)
     model.requires_grad_(True)
-    after = evaluate() if eval_tasks else None
+    after = evaluate("after") if eval_tasks else None
     if after is not None:
         logger.info("after: %s", after)
+    after_privileged = (evaluate(f"after ({cfg.privileged_source})", cfg.privileged_source)
+                        if eval_tasks and cfg.eval_privileged else None)
+    if after_privileged is not None:
+        logger.info("after, with %s in the prompt: %s", cfg.privileged_source, after_privileged)
     folder = save_model(model, tokenizer, cfg.out_dir)
     report: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
@@ -687,6 +771,8 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
         "train_seconds": sum(h["seconds"] for h in history),
         "before": before,
         "after": after,
+        "after_privileged": after_privileged,
+        "privileged_examples": len(privileged),
         "total_seconds": time.perf_counter() - began,
         "model_dir": str(folder),
     }
@@ -710,10 +796,10 @@ def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _summary(report: dict[str, Any]) -> Iterator[str]:
-    for name in ("before", "after"):
-        m = report[name]
+    for name in ("before", "after", "after_privileged"):
+        m = report.get(name)
         if m is not None:
-            yield (f"{name:6s} valid-action rate {m['valid_action_rate']:.3f}  success rate {m['success_rate']:.3f}  "
+            yield (f"{name.replace('_', ' ')}: valid-action rate {m['valid_action_rate']:.3f}  success rate {m['success_rate']:.3f}  "
                    f"format rate {m['format_rate']:.3f}  ({int(m['episodes'])} episodes, {m['mean_turns']:.1f} "
                    f"turns each)\n")
     yield f"model saved to {report['model_dir']} (report: {report['model_dir']}/sft_report.json)\n"

@@ -155,6 +155,35 @@ def gap_on_tokens(teacher_logprobs: Tensor, student_logprobs: Tensor, select: Te
     return {f"sdar/gap_{name}_mean": float(gap.mean()), f"sdar/gap_{name}_positive_ratio": float((gap > 0).float().mean())}
 
 
+def gap_by_agreement(teacher_logprobs: Tensor, student_logprobs: Tensor, action: Tensor, agree: Tensor,
+                     known: Tensor) -> dict[str, float]:
+    """Mean gap Δ on action tokens, split by whether the row's sampled action is the expert's next action.
+
+    Args:
+        teacher_logprobs, student_logprobs: [N, A].
+        action: [N, A] bool, the action tokens of each row.
+        agree: [N] bool, the row's (valid) action equals the expert's.
+        known: [N] bool, the row has an expert action to compare with (rows without one are left out).
+
+    Returns:
+        ``sdar/gap_action_agree``, ``sdar/gap_action_disagree`` (token means; a side with no token is absent), their
+        difference ``sdar/gap_action_agree_minus_disagree`` when both exist, and ``sdar/expert_agree_ratio`` (share
+        of rows with a known expert action whose action agrees).
+    """
+    out: dict[str, float] = {}
+    if not known.any():
+        return out
+    gap = (teacher_logprobs - student_logprobs).float()
+    for name, rows in (("agree", agree & known), ("disagree", ~agree & known)):
+        sel = action & rows[:, None]
+        if sel.any():
+            out[f"sdar/gap_action_{name}"] = float(gap[sel].mean())
+    if "sdar/gap_action_agree" in out and "sdar/gap_action_disagree" in out:
+        out["sdar/gap_action_agree_minus_disagree"] = out["sdar/gap_action_agree"] - out["sdar/gap_action_disagree"]
+    out["sdar/expert_agree_ratio"] = float((agree & known).sum()) / float(known.sum())
+    return out
+
+
 def delta_sample(teacher_logprobs: Tensor, student_logprobs: Tensor, mask: Tensor, k: int, seed: int) -> list[float]:
     """Up to ``k`` gap values Δ drawn uniformly without replacement from the ``mask`` tokens (for histograms)."""
     gap = (teacher_logprobs - student_logprobs)[mask].float()  # [M]

@@ -20,14 +20,16 @@ from sdar.algo.correction import mismatch_weights
 from sdar.algo.distill import rlsd_lambda
 from sdar.batch import TokenBatch
 from sdar.config import RunConfig, dump_yaml
+from sdar.data.hints import expert_next_action
 from sdar.distributed import load_run_checkpoint, save_run_checkpoint
 from sdar.learner.dist import is_main_process
-from sdar.metrics import StageTimer
+from sdar.metrics import RolloutProgress, StageTimer
+from sdar.prompts.parse import normalize_action
 from sdar.records import Trajectory
 from sdar.rollout.collect import collect_episodes
 from sdar.runtime import Runtime, build_runtime, episode_requests, resolve_spec
-from sdar.stats import (action_token_mask, delta_sample, gap_by_position, gap_by_turn, gap_on_tokens, rollout_metrics,
-                        row_scores, sample_turns_text)
+from sdar.stats import (action_token_mask, delta_sample, gap_by_agreement, gap_by_position, gap_by_turn,
+                        gap_on_tokens, rollout_metrics, row_scores, sample_turns_text)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,12 @@ def gap_diagnostics(rt: Runtime, step: int, trajs: list[Trajectory], batch: Toke
         action = action_token_mask(responses, rt.tokenizer.decode, mask.shape[1]) & mask
         out.update(gap_on_tokens(teacher_lp, student_lp, action, "action"))
         out.update(gap_on_tokens(teacher_lp, student_lp, mask & ~action, "other"))
+        turns = [turn for t in trajs for turn in t.turns]
+        experts = [expert_next_action(turn.privileged) for turn in turns]
+        known = torch.tensor([e is not None for e in experts], dtype=torch.bool)
+        agree = torch.tensor([e is not None and turn.valid and normalize_action(turn.action) == normalize_action(e)
+                              for e, turn in zip(experts, turns)], dtype=torch.bool)
+        out.update(gap_by_agreement(teacher_lp, student_lp, action, agree, known))
     if rt.cfg.log.delta_samples and is_main_process():
         values = delta_sample(teacher_lp, student_lp, mask, rt.cfg.log.delta_samples, seed=step)
         out_dir = Path(rt.cfg.out_dir)
@@ -90,7 +98,8 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
         retrievals = list(rt.last_retrievals)
         mine = rt.dp.shard_requests(requests, cfg.rollout.group_size)  # this rank's whole groups (all: one process)
         settings = rt.dp.settings(rt.collect_settings(step))  # the rank is mixed into the sampling seed
-        trajs = collect_episodes(mine, rt.make_env, rt.generator, rt.tokenizer, settings)
+        progress = RolloutProgress(f"step {step} rollout") if cfg.log.progress and rt.dp.is_main else None
+        trajs = collect_episodes(mine, rt.make_env, rt.generator, rt.tokenizer, settings, progress=progress)
     rt.release_generator()  # vLLM with sleep mode frees its memory for the update; the weight push wakes it
     if rt.retriever is not None:  # bandit retrieval learns from success (0/1) of the episodes it served
         for retrieval, won in zip(retrievals, rt.dp.gather([t.won for t in trajs])):  # every rank's, request order
@@ -161,7 +170,9 @@ def evaluate(rt: Runtime, step: int) -> dict[str, float]:
     """Success on the fixed evaluation panel (same task ids and seeds at every evaluation)."""
     with rt.dp.together():  # each rank runs its block of the panel
         requests = rt.dp.shard_panel(rt.eval_requests())
-        trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, rt.dp.settings(rt.eval_settings()))
+        progress = RolloutProgress(f"step {step} eval") if rt.cfg.log.progress and rt.dp.is_main else None
+        trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, rt.dp.settings(rt.eval_settings()),
+                                 progress=progress)
         trajs = [t for t in trajs if t.turns]
     m = rt.dp.reduce_rollout(trajs, rollout_metrics(trajs, rt.cfg.env.invalid_penalty))
     return {k.replace("rollout/", "eval/"): v for k, v in m.items()}
@@ -195,6 +206,8 @@ def train(cfg: RunConfig) -> dict[str, float]:
     last: dict[str, float] = {}
     progress = rt.progress(start)
     try:
+        if cfg.eval_at_start and start == 0:  # the curve starts where the starting model stands
+            rt.sinks.log(evaluate(rt, -1), step=-1)
         for step in range(start, cfg.total_steps):
             last = rt.dp.mean_metrics(train_step(rt, step))  # rollout and learner metrics are already global
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, Sequence
 
 import pytest
@@ -13,6 +14,7 @@ from sdar.rollout.collect import (
     NO_ACTION_TEXT,
     CollectSettings,
     EpisodeRequest,
+    TurnProgress,
     collect_episodes,
     turn_seed,
 )
@@ -324,3 +326,26 @@ def test_real_tiny_model_rollout(tok) -> None:
         assert 1 <= len(turn.response_ids) <= 3 and len(turn.response_logprobs) == len(turn.response_ids)
         assert all(lp <= 0.0 for lp in turn.response_logprobs)
         assert not turn.valid and turn.observation == INVALID_FEEDBACK  # a random model cannot format an action
+
+
+def test_progress_callback_gets_one_monotone_record_per_turn(tok) -> None:
+    tasks = [CLEAN, GO_TO, PLACE]
+    plans = expert_plans(tasks)
+    gen = ScriptedGenerator(tok, expert_script(plans))
+    factory = Factory(reset_failures={GO_TO.task_id: 2})  # one episode fails at reset: finished from the start
+    records: list[TurnProgress] = []
+    trajs = collect_episodes(requests(tasks), factory, gen, tok, settings(), progress=records.append)
+
+    assert [r.turn for r in records] == list(range(len(gen.calls)))  # one record per turn, after it
+    assert all(r.max_turns == 12 and r.total == 3 and r.active + r.finished == 3 for r in records)
+    # GO_TO never started; CLEAN and PLACE run until their plans end
+    lengths = [len(plan) for task, plan in zip(tasks, plans.values()) if task is not GO_TO]
+    assert [r.active for r in records] == [sum(n > t + 1 for n in lengths) for t in range(max(lengths))]
+    assert 1 in [r.active for r in records] and records[-1].active == 0
+    assert [r.finished for r in records] == sorted(r.finished for r in records)
+    generated = [sum(len(s.token_ids) for s in samples) for samples in gen.samples]
+    assert [r.tokens for r in records] == [sum(generated[: k + 1]) for k in range(len(generated))]
+    assert [r.seconds for r in records] == sorted(r.seconds for r in records) and records[0].seconds >= 0
+    assert trajs[1].failed and trajs[0].won and trajs[2].won
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        records[0].active = 5  # type: ignore[misc]

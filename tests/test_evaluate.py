@@ -13,6 +13,7 @@ from sdar.config import ConfigError, load_config
 from sdar.evaluate import (
     EpisodeOutcome,
     EvalResult,
+    ci_note,
     episode_intervals,
     eval_config,
     evaluate_model,
@@ -99,6 +100,30 @@ def test_several_seeds_use_the_t_interval():
     assert s["success"].mean == pytest.approx(60.0)
     assert s["success"].half_width == pytest.approx(24.84, abs=0.01)
     assert s["success"].method == "t" and s["success"].n == 3
+
+
+def test_bounded_summary_stays_within_the_metric_range():
+    # one seed, 3 of 10 won: Wilson interval, 30.0 [10.8, 60.3] % (hand arithmetic in test_report.py)
+    one = summarise_seeds([[out("pick", True)] * 3 + [out("pick", False)] * 7], "toy", bounded=True)
+    assert one["success"].method == "wilson" and one["success"].n == 10
+    assert one["success"].cell() == "30.0 [10.8, 60.3]"
+    assert "Wilson score interval" in ci_note(one)
+    # two seeds at 50 % and 75 %: the t-interval was 62.5 ± 158.8; the bootstrap stays within [0, 100]
+    runs = [[out("pick", True)] * 2 + [out("pick", False)] * 2, [out("pick", True)] * 3 + [out("pick", False)]]
+    two = summarise_seeds(runs, "toy", bounded=True)["success"]
+    assert two.method == "bootstrap" and two.n == 2 and two.mean == pytest.approx(62.5)
+    assert 0.0 <= two.lo <= two.mean <= two.hi <= 100.0
+    note = ci_note({"success": two})
+    assert "bootstrap over 2 seeds and the episodes within each seed" in note and "2000 resamples" in note
+    # all won / all lost: the interval collapses onto 100 / 0 instead of leaving the range
+    won = summarise_seeds([[out("pick", True)] * 4] * 3, "toy", bounded=True)["success"]
+    lost = summarise_seeds([[out("pick", False)] * 4] * 3, "toy", bounded=True)["success"]
+    assert (won.lo, won.hi) == (100.0, 100.0) and (lost.lo, lost.hi) == (0.0, 0.0)
+    # a continuous metric of one seed (WebShop score) is bootstrapped over its episodes, also within [0, 100]
+    shop = summarise_seeds([[out("a", True, score=1.0), out("a", False, score=0.5), out("b", False, score=0.0)]],
+                           "webshop", bounded=True)
+    assert shop["score"].method == "bootstrap" and 0.0 <= shop["score"].lo <= shop["score"].hi <= 100.0
+    assert shop["acc"].method == "wilson"
 
 
 def test_table_columns_follow_the_paper():

@@ -12,12 +12,16 @@ from sdar.metrics import (
     JsonlSink,
     MultiSink,
     ProgressLine,
+    RolloutProgress,
     StageTimer,
     TensorBoardSink,
     build_sinks,
     eta_seconds,
     format_duration,
+    format_rollout,
+    rollout_eta,
 )
+from sdar.rollout.collect import TurnProgress
 
 
 class FakeClock:
@@ -139,3 +143,54 @@ def test_progress_line_eta_uses_mean_step_time_of_this_process():
     assert bar.eta_s == 10.0
     assert bar.postfix == {"loss": "0.1", "eta": "10s"}  # keys absent from the metrics are left out
     bar.close()
+
+
+def tick(turn: int, *, active: int = 24, total: int = 32, tokens: int = 1234, seconds: float = 13.0,
+         max_turns: int = 8) -> TurnProgress:
+    return TurnProgress(turn=turn, max_turns=max_turns, active=active, finished=total - active, total=total,
+                        tokens=tokens, seconds=seconds)
+
+
+def test_rollout_line_shows_turns_episodes_tokens_rate_and_eta():
+    # 3 of 8 turns took 13 s -> ~4.33 s per turn, 5 turns left -> ~22 s; 1234 tokens / 13 s -> 95 tok/s
+    assert format_rollout(tick(2)) == "rollout: turn 3/8, 24/32 episodes active, 1,234 tokens, 95 tok/s, ETA ~22s"
+    assert format_rollout(tick(7, active=0, seconds=40.0), "eval").startswith("eval: turn 8/8, 0/32 episodes")
+    assert rollout_eta(tick(2)) == pytest.approx(13.0 / 3 * 5)
+    assert rollout_eta(tick(3, active=0)) == 0.0  # nothing left to run: the collection is over
+    assert rollout_eta(tick(7)) == 0.0  # at the turn limit
+    assert "0 tok/s" in format_rollout(tick(0, tokens=0, seconds=0.0))
+
+
+def test_rollout_progress_throttles_with_an_injected_clock():
+    lines: list[str] = []
+    # made at t=0; turns end at t=3, 9.9, 10, 15, 19.9, 20.5, 50
+    clock = FakeClock(0.0, 3.0, 9.9, 10.0, 15.0, 19.9, 20.5, 50.0)
+    printer = RolloutProgress("measure before", interval_s=10.0, clock=clock, write=lines.append)
+    for turn in range(7):
+        printer(tick(turn, max_turns=15))
+    # nothing before the first interval; then at most one line per interval
+    assert [line.split(",")[0] for line in lines] == [
+        "measure before: turn 3/15", "measure before: turn 6/15", "measure before: turn 7/15"]
+    assert printer.lines == 3
+
+
+def test_rollout_progress_is_silent_for_a_fast_collection_and_restarts():
+    lines: list[str] = []
+    clock = FakeClock(0.0, 1.0, 2.0, 100.0, 105.0)
+    printer = RolloutProgress(interval_s=10.0, clock=clock, write=lines.append)
+    printer(tick(0))
+    printer(tick(1))
+    assert lines == []
+    printer.restart()  # t=100: a new collection counts its delay from here
+    printer(tick(0))  # t=105
+    assert lines == []
+    with pytest.raises(ValueError, match="interval_s"):
+        RolloutProgress(interval_s=-1)
+
+
+def test_rollout_progress_writes_to_stderr_by_default(capsys):
+    printer = RolloutProgress("rollout", interval_s=0.0)
+    printer(tick(2))
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == "rollout: turn 3/8, 24/32 episodes active, 1,234 tokens, 95 tok/s, ETA ~22s"

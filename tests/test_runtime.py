@@ -143,3 +143,47 @@ def test_panel_tasks_take_task_types_round_robin():
     assert [t.task_id for t in panel_tasks(tasks, 3)] == ["a1", "b1", "a2"]
     assert [t.task_id for t in panel_tasks(tasks, 10)] == ["a1", "b1", "a2", "b2", "a3"]
     assert panel_tasks(tasks, 0) == [] and panel_tasks([], 4) == []
+
+
+def _plan_turn(index: int, plan: str, admissible: tuple[str, ...]) -> Turn:
+    ctx = PromptContext(env_name="toy", goal="put an apple in the fridge.", step=index, observation=f"obs {index}",
+                        admissible_actions=admissible)
+    return Turn(index=index, context=ctx, prompt_ids=(1,), response_ids=(2,), response_logprobs=(-1.0,),
+                response_text="x", action="look", valid=True, finish_reason="stop", reward=0.0, observation="o",
+                done=False, privileged={"expert_plan": plan})
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_teacher_sees_each_turns_own_plan_and_hint_noise_corrupts_it(tmp_path, noise):
+    cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "teacher.source": "expert_plan",
+                                        "teacher.hint_noise": noise})
+    rt = build_runtime(cfg)
+    admissible = ("go to cabinet 2", "go to drawer 1", "look")
+    first = _plan_turn(0, "1. go to cabinet 2\n2. open cabinet 2", admissible)
+    second = _plan_turn(1, "1. open cabinet 2", ("open cabinet 2", "look"))
+    traj = Trajectory(task_id="t", task_type="t", group_id=0, episode_id=5, seed=0, turns=(first, second),
+                      won=False, privileged={"expert_plan": "1. go to cabinet 2\n2. open cabinet 2"})
+    texts = [rt.tokenizer.decode(list(ids)) for ids in rt.teacher_prompts([traj])]
+    if noise == 0.0:  # each turn's own plan, re-made from that state
+        assert "1. go to cabinet 2\n2. open cabinet 2" in texts[0] and "1. open cabinet 2\n" in texts[1]
+    else:  # every hint's next step is another admissible action
+        assert "1. go to cabinet 2" not in texts[0] and "2. open cabinet 2" in texts[0]
+        assert "1. look\n" in texts[1]
+    rt.close()
+
+
+def test_hint_noise_is_validated(tmp_path):
+    from sdar.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hint_noise"):
+        load_config(SMOKE, overrides={"out_dir": str(tmp_path), "teacher.hint_noise": 1.5})
+    with pytest.raises(ConfigError, match="expert_plan"):
+        load_config(SMOKE, overrides={"out_dir": str(tmp_path), "teacher.source": "skills", "teacher.hint_noise": 0.3})
+
+
+def test_env_task_types_restrict_both_splits(tmp_path):
+    cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "env.task_types": ["pick_and_place"]})
+    rt = build_runtime(cfg)
+    assert {t.task_type for t in rt.train_tasks} == {t.task_type for t in rt.eval_tasks} == {"pick_and_place"}
+    assert len(rt.eval_tasks) >= 64
+    rt.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import pytest
@@ -32,6 +34,7 @@ from sdar.sft import (
     measure,
     plan_expert,
     reasoning_line,
+    run_sft,
     save_model,
     target_logprobs,
     target_nll,
@@ -59,6 +62,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tok():
     return byte_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """``autocast: auto`` may run the CPU bf16 probe: keep its cache file out of the user's sdar cache."""
+    monkeypatch.setenv("SDAR_CACHE", str(tmp_path / "sdar-cache"))
 
 
 def toy_factory() -> ToyTextEnv:
@@ -332,3 +341,73 @@ def test_main_runs_end_to_end_on_tiny_model(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "before" in printed and "after" in printed and "valid-action rate" in printed
     assert load_model(str(out), dtype="float32").config.vocab_size == 259
+
+
+# ------------------------------------------------------------------------------------ compute dtype and progress
+def test_autocast_defaults_to_auto_in_the_config_and_the_presets() -> None:
+    import yaml
+
+    from sdar.config import from_dict
+
+    assert SFTConfig().autocast == "auto"
+    presets = Path(__file__).resolve().parents[1] / "configs" / "sft"
+    for name in ("smollm2.yaml", "smollm2_alfworld.yaml"):
+        assert from_dict(SFTConfig, yaml.safe_load((presets / name).read_text())).autocast == "auto"
+
+
+@pytest.mark.parametrize(("setting", "fast", "dtype"), [("none", True, "float32"), ("auto", False, "float32"),
+                                                        ("auto", True, "bfloat16")])
+def test_run_sft_resolves_and_logs_the_compute_dtype(tmp_path, monkeypatch, caplog, setting, fast, dtype) -> None:
+    from sdar import hardware, sft
+    from sdar.hardware import Bf16Probe
+
+    monkeypatch.setattr(hardware, "cpu_bf16_probe", lambda: Bf16Probe(10.0, 5.0 if fast else 50.0, fast))
+    seen = []
+    real_train = sft.train_sft
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["autocast_dtype"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "train_sft", spy)
+    cfg = SFTConfig(model="tiny-random", expert="plan", num_tasks=1, max_turns=8, eval_tasks=0, autocast=setting,
+                    out_dir=str(tmp_path / "out"))
+    with caplog.at_level(logging.INFO, logger="sdar.sft"):
+        run_sft(cfg)
+    assert seen == [None if dtype == "float32" else torch.bfloat16]
+    assert f"autocast {setting} -> compute dtype {dtype}" in caplog.text
+    assert "avx512_bf16:" in caplog.text and "amx_bf16:" in caplog.text  # the CPU description
+
+
+def test_train_sft_logs_step_of_total_with_eta(tok, caplog) -> None:
+    examples = _examples(tok, [PLACE])[:2]
+    with caplog.at_level(logging.INFO, logger="sdar.sft"):
+        train_sft(tiny(), examples, epochs=2, lr=1e-3, batch_rows=1, batch_tokens=4096)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sft step")]
+    assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(re.search(r"ETA ~\S+$", line) for line in lines) and lines[-1].endswith("ETA ~0s")
+
+
+def test_measure_reports_turn_progress(tok) -> None:
+    from sdar.rollout.collect import TurnProgress
+
+    records: list[TurnProgress] = []
+    result = measure(tiny(), tok, toy_factory, [GO_TO, PLACE], max_turns=2, max_new_tokens=3,
+                     progress=records.append)
+    assert [r.turn for r in records] == [0, 1]  # a random model's invalid turns run to the limit
+    assert [(r.active, r.finished, r.total) for r in records] == [(2, 0, 2), (0, 2, 2)]
+    assert records[-1].tokens <= 2 * 2 * 3 and result["episodes"] == 2
+
+
+def test_every_sft_preset_loads() -> None:
+    """Every SFT preset (configs/sft/*.yaml and configs/*/sft*.yaml) builds a valid SFTConfig."""
+    import yaml
+
+    from sdar.config import from_dict
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    presets = sorted({*root.glob("sft/*.yaml"), *root.glob("*/sft*.yaml")})
+    assert any(p.parent.name == "testbed" for p in presets)
+    for path in presets:
+        cfg = from_dict(SFTConfig, yaml.safe_load(path.read_text()))
+        assert cfg.num_tasks >= 1, path

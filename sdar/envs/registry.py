@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Sequence
 
-from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource
+from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource, TaskSpec
 
 ENV_NAMES = ("toy", "alfworld", "webshop", "search")
 
@@ -33,12 +35,36 @@ def make_env_factory(
     raise _unavailable(name)
 
 
-def make_task_source(name: str, *, seed: int = 0, data_dir: str | None = None) -> TaskSource:
-    """The task lists (``train`` / ``eval`` splits) of environment ``name``."""
+def make_task_source(name: str, *, seed: int = 0, data_dir: str | None = None,
+                     task_types: Sequence[str] = ()) -> TaskSource:
+    """The task lists (``train`` / ``eval`` splits) of environment ``name``, restricted to ``task_types`` when
+    given (the toy game then draws all its tasks from those types)."""
     if name == "toy":
         from sdar.envs.toy import ToyTaskSource
 
-        return ToyTaskSource(seed=seed)
+        if not task_types:
+            return ToyTaskSource(seed=seed)
+        # a game restricted to some task types gets a larger train split, so warm starts see many worlds
+        return ToyTaskSource(seed=seed, num_train=1000, task_types=tuple(task_types))
+    source = _task_source(name, data_dir)
+    return _OnlyTypes(source, tuple(task_types)) if task_types else source
+
+
+@dataclass(frozen=True)
+class _OnlyTypes:
+    """A task source that keeps only some task types of another."""
+
+    source: TaskSource
+    types: tuple[str, ...]
+
+    def tasks(self, split: str) -> list[TaskSpec]:
+        kept = [t for t in self.source.tasks(split) if t.task_type in self.types]
+        if not kept:
+            raise EnvUnavailable(f"split {split!r} has no task of the types {list(self.types)}; check env.task_types")
+        return kept
+
+
+def _task_source(name: str, data_dir: str | None) -> TaskSource:
     if name == "alfworld":
         from sdar.envs.alfworld import AlfWorldTaskSource
 

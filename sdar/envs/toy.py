@@ -407,7 +407,7 @@ class ToyTaskSource:
 
     seed: int = 0
     num_train: int = 200
-    num_eval: int = 50
+    num_eval: int = 256
     task_types: tuple[str, ...] = DEFAULT_TASK_TYPES
 
     def __post_init__(self) -> None:

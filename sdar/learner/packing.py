@@ -18,7 +18,7 @@ Pure functions of token ids; no model, no device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -210,3 +210,12 @@ def padding_ratio(micro_batches: Sequence[PackedMicroBatch]) -> float:
     """Fraction of processed slots that are padding (0.0 for the packed layout)."""
     slots = sum(mb.num_slots for mb in micro_batches)
     return 0.0 if slots == 0 else sum(mb.padding_tokens for mb in micro_batches) / slots
+
+
+def choose_layout(layout: str, model: Any) -> str:
+    """``auto``: pack rows only when the attention kernel handles packed sequences natively (flash attention);
+    with dense kernels (sdpa/eager) a packed row costs attention over the whole packed length, so pad by buckets."""
+    if layout != "auto":
+        return layout
+    impl = str(getattr(model.config, "_attn_implementation", "") or "")
+    return "packed" if "flash" in impl else "bucketed"

@@ -18,6 +18,7 @@ from sdar.records import Message, PromptContext
 
 __all__ = [
     "GENERIC_TEMPLATE",
+    "HOUSEHOLD_COMPACT_TEMPLATE",
     "HOUSEHOLD_TEMPLATE",
     "TEMPLATES",
     "PromptTemplate",
@@ -61,18 +62,47 @@ HOUSEHOLD_TEMPLATE = PromptTemplate(
 )
 GENERIC_TEMPLATE = PromptTemplate(preamble="You are an agent interacting with a text environment, one action per step.")
 
+HOUSEHOLD_COMPACT_TEMPLATE = PromptTemplate(
+    preamble="Household game.",
+    task="Goal: {goal}",
+    privileged="Plan:\n{text}",
+    first_step="Observation: {observation}",
+    progress="Step {step}.",
+    history_intro="Last {count}:",
+    history_item="{observation} -> {action}",
+    current="Observation: {observation}",
+    admissible="Actions: [{actions}]",
+    instruction="Reply <think>...</think><action>...</action>",
+    instruction_free="Reply <think>...</think><action>...</action>",
+)
+"""A short household prompt (about a third of the tokens) for small models trained from scratch (the testbed)."""
+
 TEMPLATES: dict[str, PromptTemplate] = {
     "toy": HOUSEHOLD_TEMPLATE,
     "alfworld": HOUSEHOLD_TEMPLATE,
 }
 """Environment name -> template. Supporting a new environment's wording is one entry here."""
+COMPACT_TEMPLATES: dict[str, PromptTemplate] = {
+    "toy": HOUSEHOLD_COMPACT_TEMPLATE,
+    "alfworld": HOUSEHOLD_COMPACT_TEMPLATE,
+}
+"""Environment name -> its ``style="compact"`` template."""
+PROMPT_STYLES = ("", "compact")
 
 
-def get_template(env_name: str) -> PromptTemplate:
-    """The template registered for ``env_name``, or ``GENERIC_TEMPLATE``.
+def get_template(env_name: str, style: str = "") -> PromptTemplate:
+    """The template registered for ``env_name`` (``style="compact"``: its short variant), or ``GENERIC_TEMPLATE``.
 
     WebShop and Search-QA keep their wording next to their environment and are looked up on first use.
+
+    Raises:
+        ValueError: for an unknown style, or a compact style the environment has no template for.
     """
+    if style:
+        if style != "compact" or env_name not in COMPACT_TEMPLATES:
+            raise ValueError(f"prompt style {style!r} is not available for {env_name!r}; compact exists for "
+                             f"{sorted(COMPACT_TEMPLATES)}, or use the default style ''")
+        return COMPACT_TEMPLATES[env_name]
     if env_name not in TEMPLATES and env_name == "webshop":
         from sdar.envs.webshop.template import WEBSHOP_TEMPLATE
 
@@ -96,6 +126,7 @@ def build_context(
     admissible: Sequence[str],
     history_pairs: Sequence[tuple[str, str]],
     history_length: int,
+    style: str = "",
 ) -> PromptContext:
     """Collect one turn's prompt inputs, keeping only the last ``history_length`` (observation, action) pairs.
 
@@ -107,6 +138,7 @@ def build_context(
         admissible: actions accepted now (empty for a free-text action space).
         history_pairs: all past (observation, action) pairs of the episode, oldest first.
         history_length: window size; 0 shows no history.
+        style: prompt style ('' = the environment's template, 'compact' = its short variant).
 
     Raises:
         ValueError: for a negative ``step``/``history_length`` or more pairs than steps taken.
@@ -123,6 +155,7 @@ def build_context(
         observation=observation,
         admissible_actions=tuple(admissible),
         history=tuple((str(o), str(a)) for o, a in window),
+        style=style,
     )
 
 
@@ -134,7 +167,7 @@ def render_user_message(ctx: PromptContext, *, privileged: str | None = None) ->
     """
     if len(ctx.history) > ctx.step:
         raise ValueError(f"PromptContext has {len(ctx.history)} history pairs but step={ctx.step}")
-    t = get_template(ctx.env_name)
+    t = get_template(ctx.env_name, ctx.style)
     parts = [f"{t.preamble} {t.task.format(goal=ctx.goal)}"]
     text = _privileged_text(privileged)
     if text is not None:

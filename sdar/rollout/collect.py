@@ -20,7 +20,8 @@ Decisions:
 * A prompt that does not fit ``max_prompt_tokens`` even with no history raises ``ValueError``: it is a
   configuration error that would repeat on every step.
 * ``Trajectory.privileged`` is the env's privileged info at reset (e.g. ``expert_plan``) updated with the
-  request's mapping (request wins on a key clash).
+  request's mapping (request wins on a key clash); ``Turn.privileged`` is the env's privileged info in the state
+  the turn acted in (a plan re-made from that state).
 * With ``settings.sampling.seed`` set, turn ``t`` samples with a seed derived from ``(seed, t)``; the caller
   varies ``sampling.seed`` between calls to get fresh samples.
 """
@@ -30,8 +31,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from sdar.envs.base import EnvFactory, TaskSpec, TextEnv
 from sdar.envs.pool import StepOutcome, reset_envs, step_envs
@@ -45,6 +47,7 @@ __all__ = [
     "NO_ACTION_TEXT",
     "CollectSettings",
     "EpisodeRequest",
+    "TurnProgress",
     "collect_episodes",
     "turn_seed",
 ]
@@ -72,6 +75,8 @@ class CollectSettings:
     enable_thinking: bool | None = None
     """Forwarded to the chat template when not None (Qwen3 runs use False)."""
     system_prompt: str | None = None
+    prompt_style: str = ""
+    """Prompt style ('' = the environment's template, 'compact' = its short variant)."""
     student_privileged_source: str | None = None
     """Key of a privileged text shown to the *student* as well (Skill-GRPO puts skills there). Looked up in the
     request's ``privileged`` first, then in the environment's current ``EnvInfo.privileged``; absent -> none."""
@@ -97,6 +102,30 @@ class EpisodeRequest:
     episode_id: int
     privileged: Mapping[str, str] = field(default_factory=dict)
     """Teacher context decided before the episode (e.g. retrieved skills), by source name."""
+
+
+@dataclass(frozen=True)
+class TurnProgress:
+    """Where a collection stands after one lock-step turn (what ``collect_episodes`` reports to ``progress``)."""
+
+    turn: int
+    """Index of the turn just finished (0-based, as ``Turn.index``); ``turn + 1`` turns are done."""
+    max_turns: int
+    """The turn limit (``CollectSettings.max_turns``): the collection ends after this many turns at the latest."""
+    active: int
+    """Episodes still running after this turn."""
+    finished: int
+    """Episodes that have ended (won, lost, truncated or failed), including those whose reset failed."""
+    total: int
+    """Episodes requested (``active + finished``)."""
+    tokens: int
+    """Response tokens generated so far, over all episodes and turns."""
+    seconds: float
+    """Wall-clock seconds since the collection started (environment resets included)."""
+
+
+ProgressFn = Callable[[TurnProgress], None]
+"""Called by ``collect_episodes`` after every turn."""
 
 
 def turn_seed(seed: int, turn: int) -> int:
@@ -179,6 +208,7 @@ def _prepare(ep: _Episode, turn: int, tokenizer: Any, settings: CollectSettings)
         ep.info.admissible_actions,
         ep.history,
         settings.history_length,
+        settings.prompt_style,
     )
     return fit_prompt(
         tokenizer,
@@ -216,6 +246,7 @@ def _advance(
     """Record one turn from its parsed response and the environment's answer (None when nothing was stepped)."""
     assert ep.env is not None and ep.info is not None
     reward, observation, done = 0.0, INVALID_FEEDBACK, False
+    state_privileged = dict(ep.info.privileged)  # what the environment knew in the state this turn acted in
     if parsed.valid:
         if isinstance(outcome, Exception) or outcome is None:
             logger.warning("env.step failed on task %s, turn %d", ep.request.task.task_id, turn, exc_info=outcome)
@@ -240,6 +271,7 @@ def _advance(
             reward=reward,
             observation=observation,
             done=done,
+            privileged=state_privileged,
         )
     )
     ep.history.append((ep.observation, parsed.action or NO_ACTION_TEXT))
@@ -270,6 +302,7 @@ def collect_episodes(
     generator: Generator,
     tokenizer: Any,
     settings: CollectSettings,
+    progress: ProgressFn | None = None,
 ) -> list[Trajectory]:
     """Run every requested episode to its end, batching all active prompts into one generate call per turn.
 
@@ -279,6 +312,8 @@ def collect_episodes(
         generator: samples responses for token-id prompts.
         tokenizer: chat tokenizer (``apply_chat_template``, ``__call__``, ``decode``).
         settings: turn limit, history window, prompt budget, sampling.
+        progress: called after every turn with a ``TurnProgress`` (e.g. ``sdar.metrics.RolloutProgress``, a
+            throttled console line); an exception it raises propagates.
 
     Returns:
         One trajectory per request, in request order.
@@ -287,6 +322,8 @@ def collect_episodes(
         ValueError: when a prompt does not fit ``max_prompt_tokens`` even with no history.
         RuntimeError: when the generator returns the wrong number of samples or logprobs.
     """
+    began = time.perf_counter()
+    tokens = 0
     episodes = _start_all(requests, make_env)
     try:
         for turn in range(settings.max_turns):
@@ -310,6 +347,12 @@ def collect_episodes(
                     _close(ep.env)
                     ep.env = None
             logger.debug("turn %d: %d active episodes", turn, len(active))
+            if progress is not None:
+                tokens += sum(len(sample.token_ids) for sample in samples)
+                running = sum(not ep.done for ep in episodes)
+                progress(TurnProgress(turn=turn, max_turns=settings.max_turns, active=running,
+                                      finished=len(episodes) - running, total=len(episodes), tokens=tokens,
+                                      seconds=time.perf_counter() - began))
     finally:
         for ep in episodes:
             _close(ep.env)
