@@ -77,9 +77,14 @@ class EnvConfig:
     history_length: int = 2
     """Number of past (observation, action) pairs shown in each turn's prompt (paper: 2; Search-QA 4)."""
     invalid_penalty: float = 0.1
-    """Subtracted from a turn's reward when its action is malformed or not admissible (Search-QA: 0.01)."""
-    win_reward: float = 10.0
-    """Reward for solving the task (paper: 10 for ALFWorld and WebShop)."""
+    """Subtracted from a turn's reward when its action is invalid (see invalid_rule; Search-QA: 0.01)."""
+    invalid_rule: Literal["format", "admissible"] = "format"
+    """Which actions are invalid: format = only malformed responses (missing or broken tags, CJK text), as the
+    reference; a well-formed action outside the admissible list is sent to the environment, which answers e.g.
+    "Nothing happens.". admissible = also actions outside the admissible list, which are then not sent."""
+    win_reward: float | None = None
+    """Reward for solving the task; None = the environment's default (10 for toy, ALFWorld and WebShop as in the
+    paper; 1 for Search-QA, whose reward is exact match in {0, 1})."""
     data_dir: str | None = None
     """Environment data folder (games, catalogue, corpus); None = the environment's default location."""
     num_workers: int = 0
@@ -151,7 +156,8 @@ class AlgoConfig:
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] | None = None
     """Loss aggregation (None = method default: token-mean)."""
     rlsd_lambda: float | None = None
-    """RLSD mixing λ at step 0 (None = method default 0.5)."""
+    """RLSD's starting mixing weight λ0 (None = method default 0.5); the first step uses λ0·(1 − 1/warmdown), as the
+    reference counts its steps from 1."""
     rlsd_warmdown_steps: int | None = None
     """RLSD: steps over which λ decays linearly to 0 (None = method default 100)."""
     old_logprobs: Literal["auto", "recompute", "rollout"] = "auto"
@@ -406,6 +412,8 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.step_timeout_s must be > 0 (got {e.step_timeout_s})")
     if e.invalid_penalty < 0:
         add(f"env.invalid_penalty is subtracted from rewards and must be >= 0 (got {e.invalid_penalty})")
+    if e.win_reward is not None and e.win_reward <= 0:
+        add(f"env.win_reward must be > 0 (got {e.win_reward}); leave it unset for the environment's default")
     if r.backend == "vllm" and cfg.optim.strategy == "fsdp":
         add("rollout.backend=vllm runs one in-process engine and cannot be used with optim.strategy=fsdp (torchrun); "
             "use rollout.backend=hf with torchrun, or one process with optim.strategy=local")

@@ -10,7 +10,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -18,12 +18,13 @@ from sdar.algo.correction import resolve_correction, resolve_old_logprobs
 from sdar.algo.methods import LossSpec, get_method, resolve_loss
 from sdar.config import RunConfig
 from sdar.data.hints import corrupt_plan, hint_is_corrupted
+from sdar.data.tokenize import TeacherPrompts
 from sdar.distributed import DataParallel, resolve_strategy
 from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.learner.packing import choose_layout
 from sdar.metrics import MultiSink, ProgressLine, build_sinks
-from sdar.records import Trajectory, Turn
+from sdar.records import EnvInfo, Trajectory, Turn
 from sdar.rollout.collect import CollectSettings, EpisodeRequest
 from sdar.rollout.generator import SamplingParams
 
@@ -121,6 +122,7 @@ class Runtime:
             history_length=c.env.history_length,
             max_prompt_tokens=c.rollout.max_prompt_tokens,
             invalid_penalty=c.env.invalid_penalty,
+            invalid_rule=c.env.invalid_rule,
             sampling=sampling,
             enable_thinking=c.model.enable_thinking,
             prompt_style=c.env.prompt_style,
@@ -146,21 +148,33 @@ class Runtime:
                      seed_base: int, learn: bool = True) -> list[EpisodeRequest]:
         """G episodes per task sharing the task's seed and group id; privileged context retrieved per task.
 
+        ``rt.last_retrievals`` gets one entry per request, in request order. A retrieval that reads the goal text
+        (keyword retrieval of a task type the library does not map) waits for the goal the environment reports at
+        reset: the requests carry a ``GoalRetrieval`` that the collector calls once per group after the reset (see
+        ``settled_retrievals``). Retrievals that ignore the goal (mapped task types, UCB, full, random) are made
+        here, before the rollout, identically on every rank, as a learning retriever needs.
+
         ``learn=False`` (evaluation): a learning retriever answers with its current best choice (``best``) and
         does not count the query, so evaluations leave the bandit exactly as training left it."""
         requests: list[EpisodeRequest] = []
         self.last_retrievals = []
         for i, task in enumerate(tasks):
             privileged: dict[str, str] = {}
-            retrieval = None
+            at_reset = None
+            retrieval: Any = None
             if self.retriever is not None:
                 ask = self.retriever.retrieve if learn or not hasattr(self.retriever, "best") else self.retriever.best
-                retrieval = ask(task_type=task.task_type, goal="")
-                privileged["skills"] = retrieval.text
+                needs_goal = getattr(self.retriever, "needs_goal", None)
+                if needs_goal is not None and needs_goal(task.task_type):
+                    retrieval = at_reset = GoalRetrieval(ask, task.task_type)
+                else:  # the goal is not known before the reset, and this retrieval does not read it
+                    retrieval = ask(task_type=task.task_type, goal="")
+                    privileged["skills"] = retrieval.text
             group_id = first_group + i
             for g in range(group_size):
                 requests.append(EpisodeRequest(task=task, seed=seed_base + i, group_id=group_id,
-                                               episode_id=group_id * group_size + g, privileged=privileged))
+                                               episode_id=group_id * group_size + g, privileged=privileged,
+                                               privileged_at_reset=at_reset))
                 self.last_retrievals.append(retrieval)
         return requests
 
@@ -172,9 +186,13 @@ class Runtime:
 
     # ------------------------------------------------------------------------------------------------ teacher
     def teacher_prompts(self, trajs: Sequence[Trajectory]) -> list[tuple[int, ...]]:
-        """Teacher prompt ids per training row (turn rows, or the first turn of each episode in the conversation
-        view), with the privileged text inside the user message."""
-        from sdar.data.tokenize import teacher_prompts
+        """Teacher prompt ids per training row (see ``teacher_rows``)."""
+        return self.teacher_rows(trajs).prompts
+
+    def teacher_rows(self, trajs: Sequence[Trajectory]) -> TeacherPrompts:
+        """Teacher prompts per training row (turn rows, or the first turn of each episode in the conversation
+        view), with the privileged text inside the user message, and which rows lost history to the budget."""
+        from sdar.data.tokenize import build_teacher_prompts
 
         key = self.privileged_key
         noise = self.cfg.teacher.hint_noise
@@ -190,21 +208,40 @@ class Runtime:
             return text
 
         if self.cfg.rollout.view == "conversation":
-            firsts = [Trajectory(t.task_id, t.task_type, t.group_id, t.episode_id, t.seed, t.turns[:1], t.won,
-                                 t.privileged, t.failed) for t in trajs]
-            prompts, _ = teacher_prompts(firsts, self.tokenizer, source_text=source_text,
-                                         max_tokens=self.cfg.teacher.max_prompt_tokens,
-                                         enable_thinking=self.cfg.model.enable_thinking)
-            return prompts
-        prompts, _ = teacher_prompts(trajs, self.tokenizer, source_text=source_text,
+            trajs = [Trajectory(t.task_id, t.task_type, t.group_id, t.episode_id, t.seed, t.turns[:1], t.won,
+                                t.privileged, t.failed) for t in trajs]
+        return build_teacher_prompts(trajs, self.tokenizer, source_text=source_text,
                                      max_tokens=self.cfg.teacher.max_prompt_tokens,
                                      enable_thinking=self.cfg.model.enable_thinking)
-        return prompts
 
     def progress(self, start: int) -> ProgressLine:
         return ProgressLine(self.cfg.total_steps, start_step=start, disable=not (self.cfg.log.progress and
                                                                                   self.dp.is_main),
                             keys=("rollout/reward", "rollout/success", "sdar/gate_mean"))
+
+
+@dataclass
+class GoalRetrieval:
+    """One task group's skill retrieval made once the goal is known: the collector calls it after each reset of the
+    group's episodes with the ``EnvInfo``; the first call asks the retriever with ``info.goal``, later calls (the
+    group's other episodes, which share task and seed) reuse that answer."""
+
+    ask: Callable[..., Any]
+    """``retriever.retrieve`` (or ``best`` for evaluation panels)."""
+    task_type: str
+    result: Any | None = None
+    """The ``Retrieval``, once an episode of the group has been reset on this process."""
+
+    def __call__(self, info: EnvInfo) -> dict[str, str]:
+        if self.result is None:
+            self.result = self.ask(task_type=self.task_type or info.task_type, goal=info.goal)
+        return {"skills": self.result.text}
+
+
+def settled_retrievals(retrievals: Sequence[Any]) -> list[Any | None]:
+    """``rt.last_retrievals`` after the rollout, in request order: a ``GoalRetrieval`` becomes the retrieval it made,
+    or None when its episodes ran on another process (or all failed to reset)."""
+    return [r.result if isinstance(r, GoalRetrieval) else r for r in retrievals]
 
 
 def _mix(*values: int) -> int:

@@ -18,15 +18,20 @@ ACTION_OPEN, ACTION_CLOSE = "<action>", "</action>"
 
 
 def row_scores(trajs: Sequence[Trajectory], invalid_penalty: float) -> Tensor:
-    """Score of every turn row ([N], trajectory order): the episode return minus every invalid-action penalty of the
-    episode, and that is all turns of the episode share one score (as the reference places the episode return on
-    each step sample and subtracts the penalty of that step)."""
+    """Score of every turn row ([N], trajectory order): the episode return minus the invalid-action penalty of that
+    turn only (as the reference puts the episode return on each step sample and subtracts that step's penalty). The
+    rows of one episode therefore differ only where a turn was invalid."""
     scores: list[float] = []
     for t in trajs:
         ret = t.episode_return
         for turn in t.turns:
             scores.append(ret - (invalid_penalty if not turn.valid else 0.0))
     return torch.tensor(scores, dtype=torch.float32)
+
+
+def episode_scores(trajs: Sequence[Trajectory], invalid_penalty: float) -> Tensor:
+    """Score of every episode ([E], trajectory order): its return minus the penalties of all its invalid turns."""
+    return torch.tensor([t.episode_return - invalid_penalty * t.num_invalid for t in trajs], dtype=torch.float32)
 
 
 def rollout_metrics(trajs: Sequence[Trajectory], invalid_penalty: float) -> dict[str, float]:

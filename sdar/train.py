@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,18 @@ from sdar.metrics import RolloutProgress, StageTimer
 from sdar.prompts.parse import normalize_action
 from sdar.records import Trajectory
 from sdar.rollout.collect import collect_episodes
-from sdar.runtime import Runtime, build_runtime, episode_requests, resolve_spec
-from sdar.stats import (action_token_mask, delta_sample, gap_by_agreement, gap_by_position, gap_by_turn,
-                        gap_on_tokens, rollout_metrics, row_scores, sample_turns_text)
+from sdar.runtime import Runtime, build_runtime, episode_requests, resolve_spec, settled_retrievals
+from sdar.stats import (action_token_mask, delta_sample, episode_scores, gap_by_agreement, gap_by_position,
+                        gap_by_turn, gap_on_tokens, rollout_metrics, row_scores, sample_turns_text)
 
 log = logging.getLogger(__name__)
 
 
 def step_advantages(cfg: RunConfig, trajs: list[Trajectory], scores: torch.Tensor) -> torch.Tensor:
-    """One advantage per turn row ([N]) from the per-row scores ([N]), by the configured estimator."""
+    """One advantage per turn row ([N]) from the per-row scores ([N]), by the configured estimator.
+
+    RLOO leaves out whole episodes: a row's baseline is the mean score of the other episodes of its group (see
+    ``rloo_advantages``), never the other turns of its own episode."""
     group_ids = torch.tensor([t.group_id for t in trajs for _ in t.turns], dtype=torch.long)
     episode_ids = torch.tensor([t.episode_id for t in trajs for _ in t.turns], dtype=torch.long)
     a = cfg.algo
@@ -43,25 +45,44 @@ def step_advantages(cfg: RunConfig, trajs: list[Trajectory], scores: torch.Tenso
         return step_grpo_advantages(scores, group_ids, episode_ids, stats=a.adv_stats,
                                     scale_by_std=a.advantage == "grpo")
     if a.advantage == "rloo":
-        return rloo_advantages(scores, group_ids)
+        return rloo_advantages(scores, group_ids, episode_ids)
     from sdar.gigpo import gigpo_row_advantages
 
     return gigpo_row_advantages(trajs, scores, group_ids, episode_ids, invalid_penalty=cfg.env.invalid_penalty,
                                 omega=a.gigpo_omega, gamma=a.gigpo_gamma, stats=a.adv_stats)
 
 
-def build_batch(rt: Runtime, trajs: list[Trajectory], row_adv: torch.Tensor) -> TokenBatch:
-    """Training rows for the configured view, with advantages broadcast over each row's tokens."""
+def episode_advantages(cfg: RunConfig, trajs: list[Trajectory]) -> torch.Tensor:
+    """One advantage per episode ([E]) for the conversation view: the episode's own score (return minus the penalties
+    of all its invalid turns) compared within its group over episodes (GRPO / Dr.GRPO normalisation, or RLOO's
+    leave-one-out). ``algo.adv_stats`` does not apply: there is one row per episode. GiGPO needs turn rows."""
+    scores = episode_scores(trajs, cfg.env.invalid_penalty)  # [E]
+    group_ids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
+    a = cfg.algo
+    if a.advantage in ("grpo", "drgrpo"):
+        return grpo_advantages(scores, group_ids, scale_by_std=a.advantage == "grpo")
+    if a.advantage == "rloo":
+        return rloo_advantages(scores, group_ids)
+    raise ValueError(f"algo.advantage={a.advantage!r} needs per-turn rows; set rollout.view=per_turn")
+
+
+def view_advantages(cfg: RunConfig, trajs: list[Trajectory]) -> torch.Tensor:
+    """The advantages ``build_batch`` expects: one per turn row (per-turn view) or one per episode (conversation)."""
+    if cfg.rollout.view == "per_turn":
+        return step_advantages(cfg, trajs, row_scores(trajs, cfg.env.invalid_penalty))  # [N]
+    return episode_advantages(cfg, trajs)  # [E]
+
+
+def build_batch(rt: Runtime, trajs: list[Trajectory], adv: torch.Tensor) -> TokenBatch:
+    """Training rows for the configured view, with advantages broadcast over each row's tokens.
+
+    ``adv`` is ``view_advantages``: one value per turn row (per-turn view), or one per episode (conversation view,
+    where every sampled token of an episode carries its episode-level advantage)."""
     from sdar.data.tokenize import conversation_rows, turn_rows
 
     if rt.cfg.rollout.view == "per_turn":
-        return turn_rows(trajs, advantages_per_turn=row_adv.tolist())
-    # conversation view: one row per episode; every turn of an episode carries the same episode-level advantage
-    per_episode, i = [], 0
-    for t in trajs:
-        per_episode.append(float(row_adv[i]) if t.turns else 0.0)
-        i += len(t.turns)
-    return conversation_rows(trajs, rt.tokenizer, advantages_per_episode=per_episode,
+        return turn_rows(trajs, advantages_per_turn=adv.tolist())
+    return conversation_rows(trajs, rt.tokenizer, advantages_per_episode=adv.tolist(),
                              enable_thinking=rt.cfg.model.enable_thinking)
 
 
@@ -95,13 +116,16 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
     cfg, timer = rt.cfg, StageTimer()
     with timer.stage("rollout"), rt.dp.together():  # an error on one rank is raised on every rank
         requests = episode_requests(rt, step)
-        retrievals = list(rt.last_retrievals)
+        pending = list(rt.last_retrievals)  # request order; retrievals that read the goal run at reset
         mine = rt.dp.shard_requests(requests, cfg.rollout.group_size)  # this rank's whole groups (all: one process)
         settings = rt.dp.settings(rt.collect_settings(step))  # the rank is mixed into the sampling seed
         progress = RolloutProgress(f"step {step} rollout") if cfg.log.progress and rt.dp.is_main else None
         trajs = collect_episodes(mine, rt.make_env, rt.generator, rt.tokenizer, settings, progress=progress)
     rt.release_generator()  # vLLM with sleep mode frees its memory for the update; the weight push wakes it
     if rt.retriever is not None:  # bandit retrieval learns from success (0/1) of the episodes it served
+        # goal-reading (keyword) retrievals of other ranks' groups stay None here: they do not learn, and the skill
+        # metrics below are then this rank's groups, averaged over ranks with the other metrics
+        retrievals = settled_retrievals(pending)
         for retrieval, won in zip(retrievals, rt.dp.gather([t.won for t in trajs])):  # every rank's, request order
             if retrieval is not None:
                 rt.retriever.update(retrieval, float(won))
@@ -118,11 +142,10 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
         return metrics
 
     with timer.stage("advantages"), rt.dp.together():
-        scores = row_scores(trajs, cfg.env.invalid_penalty)  # [N] episode return minus this turn's penalty
-        row_adv = step_advantages(cfg, trajs, scores)  # [N]
-        batch = build_batch(rt, trajs, row_adv)
+        adv = view_advantages(cfg, trajs)  # [N] per turn row, or [E] per episode in the conversation view
+        batch = build_batch(rt, trajs, adv)
     spec = resolve_spec(cfg)
-    if spec.advantage_reweight == "rlsd":  # RLSD's λ decays linearly with the training step
+    if spec.advantage_reweight == "rlsd":  # RLSD's λ decays linearly with the training step (the reference's count)
         spec = dataclasses.replace(
             spec, rlsd_lambda=rlsd_lambda(step, lam0=spec.rlsd_lambda, warmdown_steps=spec.rlsd_warmdown_steps))
         metrics["rlsd/lambda"] = spec.rlsd_lambda
@@ -132,8 +155,9 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
         recompute = rt.old_logprobs == "recompute"  # else the generator's log-probs are the exact old log-probs
         passes = [batch] if recompute else []
         if spec.needs_teacher:
-            teacher_prompts = rt.teacher_prompts(trajs)  # same response ids; only the prompts differ
-            passes.append(batch.with_prompts(teacher_prompts))
+            teacher = rt.teacher_rows(trajs)  # same response ids; only the prompts differ
+            passes.append(batch.with_prompts(teacher.prompts))
+            metrics["sdar/teacher_history_dropped"] = teacher.history_dropped_share  # budget cut the teacher's history
         scored = rt.learner.logprobs_many(passes) if passes else []
         if recompute:
             old = torch.where(batch.loss_mask, scored[0], torch.zeros_like(scored[0]))  # [N, A]

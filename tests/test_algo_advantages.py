@@ -94,6 +94,24 @@ def test_rloo_by_hand() -> None:
     _close(rloo_advantages(scores, groups), [-3.0, -1.5, 4.5, 0.0])
 
 
+def test_rloo_on_turn_rows_leaves_out_whole_episodes_by_hand() -> None:
+    # one group of three episodes with 2, 1 and 3 turns, and a lone one-turn episode in another group.
+    # Row scores differ within an episode only by invalid-action penalties; an episode's score is the mean of its rows
+    scores = torch.tensor([6.0, 4.0, 0.0, 3.0, 3.0, 0.0, 7.0])
+    groups = torch.tensor([0, 0, 0, 0, 0, 0, 1])
+    episodes = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    # episode scores: A = 5, B = 0, C = 2. Baselines: A (0 + 2)/2 = 1, B (5 + 2)/2 = 3.5, C (5 + 0)/2 = 2.5
+    want = [5.0, 3.0, -3.5, 0.5, 0.5, -2.5, 0.0]
+    _close(rloo_advantages(scores, groups, episodes), want)
+    # rows may come interleaved: the baseline depends on episode membership, not on row order
+    order = torch.tensor([6, 3, 0, 2, 5, 1, 4])
+    _close(rloo_advantages(scores[order], groups[order], episodes[order]), torch.tensor(want)[order])
+    # a group of one episode (however many turns) has no other episode to compare with
+    _close(rloo_advantages(torch.tensor([1.0, 2.0]), torch.zeros(2), torch.zeros(2)), [0.0, 0.0])
+    # without episode ids every row is its own episode (one row per episode)
+    _close(rloo_advantages(scores[:3], torch.zeros(3)), rloo_advantages(scores[:3], torch.zeros(3), torch.arange(3)))
+
+
 def test_discounted_returns_by_hand_with_interleaved_episodes() -> None:
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     episodes = torch.tensor([0, 1, 0, 1, 0])

@@ -436,12 +436,14 @@ def test_rlsd_edge_cases() -> None:
 
 
 def test_rlsd_lambda_warm_down() -> None:
-    # 0.5 -> 0 linearly over 100 steps
-    assert rlsd_lambda(0) == 0.5
-    assert rlsd_lambda(50) == pytest.approx(0.25)
-    assert rlsd_lambda(100) == 0.0
+    # 0.5 -> 0 linearly over 100 steps, counted as the reference counts them: the first step (index 0) is its step 1
+    assert rlsd_lambda(0) == pytest.approx(0.495)  # first step
+    assert rlsd_lambda(1) == pytest.approx(0.49)  # second step
+    assert rlsd_lambda(49) == pytest.approx(0.25)
+    assert rlsd_lambda(98) == pytest.approx(0.005)
+    assert rlsd_lambda(99) == 0.0  # the 100th step, as the reference's step 100
     assert rlsd_lambda(150) == 0.0
-    assert rlsd_lambda(30, lam0=0.2, warmdown_steps=60) == pytest.approx(0.1)
+    assert rlsd_lambda(29, lam0=0.2, warmdown_steps=60) == pytest.approx(0.1)
     # warmdown_steps <= 0 keeps the weight constant
     assert rlsd_lambda(1000, warmdown_steps=0) == 0.5
     assert rlsd_lambda(1000, warmdown_steps=-1) == 0.5

@@ -173,14 +173,14 @@ def test_rlsd_lambda_follows_the_step() -> None:
         "teacher_logprobs": torch.tensor([[0.1]]),
     }
     # ratio 1, A 2, delta 0.1: w = e^0.1 = 1.105171
-    # step 0 (lambda 0.5): A_hat = 2 (0.5 + 0.5 w) = 2.105171 -> PG = -2.105171
-    _close(policy_objective(spec, step=0, **common).loss, -2.0 * (0.5 + 0.5 * math.exp(0.1)))
-    # step 50 (lambda 0.25): 2 (0.75 + 0.25 w)
-    out = policy_objective(spec, step=50, **common)
+    # step 0 = the reference's step 1 (lambda 0.495): A_hat = 2 (0.505 + 0.495 w) -> PG = -A_hat
+    _close(policy_objective(spec, step=0, **common).loss, -2.0 * (0.505 + 0.495 * math.exp(0.1)))
+    # step 49 (lambda 0.25): 2 (0.75 + 0.25 w)
+    out = policy_objective(spec, step=49, **common)
     _close(out.loss, -2.0 * (0.75 + 0.25 * math.exp(0.1)))
     _close(out.metrics["rlsd/lambda"], 0.25)
-    # step 100 (lambda 0): plain GRPO
-    _close(policy_objective(spec, step=100, **common).loss, -2.0)
+    # step 99 (lambda 0): plain GRPO
+    _close(policy_objective(spec, step=99, **common).loss, -2.0)
     # no step: spec.rlsd_lambda as is
     _close(policy_objective(spec, **common).loss, -2.0 * (0.5 + 0.5 * math.exp(0.1)))
 

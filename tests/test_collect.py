@@ -177,7 +177,7 @@ def test_invalid_responses_do_not_reach_the_env_and_the_episode_continues(tok) -
     script = ["no tags at all", "<think>x</think><action>Fly Away</action>", respond("look")]
     gen = ScriptedGenerator(tok, lambda call, row, prompt: script[call])
     factory = Factory()
-    (traj,) = collect_episodes(requests([PLACE]), factory, gen, tok, settings(max_turns=3))
+    (traj,) = collect_episodes(requests([PLACE]), factory, gen, tok, settings(max_turns=3, invalid_rule="admissible"))
     t0, t1, t2 = traj.turns
     assert (t0.valid, t0.action, t0.observation, t0.reward, t0.done) == (False, "", INVALID_FEEDBACK, 0.0, False)
     assert (t1.valid, t1.action, t1.observation) == (False, "fly away", INVALID_FEEDBACK)
@@ -186,6 +186,27 @@ def test_invalid_responses_do_not_reach_the_env_and_the_episode_continues(tok) -
     assert t1.context.admissible_actions == t0.context.admissible_actions
     assert t2.context.history == ((t0.context.observation, NO_ACTION_TEXT), (INVALID_FEEDBACK, "fly away"))
     assert traj.num_invalid == 2 and not traj.won
+
+
+@pytest.mark.parametrize("rule", ["format", "admissible"])
+def test_well_formed_inadmissible_action_under_each_invalid_rule(tok, rule) -> None:
+    script = ["<think>x</think><action>Fly Away</action>", "<think>x</think><action>fly</action", respond("look")]
+    gen = ScriptedGenerator(tok, lambda call, row, prompt: script[call])
+    factory = Factory()
+    (traj,) = collect_episodes(requests([PLACE]), factory, gen, tok, settings(max_turns=3, invalid_rule=rule))
+    inadmissible, malformed, ok = traj.turns
+    assert "fly away" not in inadmissible.context.admissible_actions
+    if rule == "format":  # as the reference: the tags are fine, so the action goes to the environment
+        assert inadmissible.valid and inadmissible.action == "fly away"
+        assert inadmissible.observation == "Nothing happens." and factory.envs[0].steps == 2
+        assert traj.num_invalid == 1  # only the malformed turn is penalised
+    else:  # the action is checked against the admissible list first and never sent
+        assert not inadmissible.valid and inadmissible.action == "fly away"
+        assert inadmissible.observation == INVALID_FEEDBACK and factory.envs[0].steps == 1
+        assert traj.num_invalid == 2
+    assert not malformed.valid and malformed.observation == INVALID_FEEDBACK  # malformed: invalid under both rules
+    assert ok.valid and ok.action == "look"
+    assert CollectSettings().invalid_rule == "format"  # the reference's rule is the default
 
 
 def test_env_crash_mid_episode_fails_only_that_episode(tok) -> None:
@@ -288,6 +309,8 @@ def test_settings_validation() -> None:
         CollectSettings(history_length=-1)
     with pytest.raises(ValueError, match="invalid_penalty"):
         CollectSettings(invalid_penalty=-0.1)
+    with pytest.raises(ValueError, match="invalid_rule"):
+        CollectSettings(invalid_rule="strict")
 
 
 class GreedyGenerator:

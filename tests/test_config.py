@@ -16,6 +16,7 @@ from sdar.config import (
     validate,
 )
 
+PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
                  if p.parent.name != "sft" and not p.name.startswith("sft"))  # SFT presets: tests/test_sft.py
 
@@ -37,6 +38,33 @@ def test_defaults_are_the_paper_settings():
     assert cfg.total_steps == 150 and cfg.env.history_length == 2 and cfg.env.invalid_penalty == 0.1
     assert cfg.rollout.temperature == 1.0 and cfg.rollout.top_k == 0 and cfg.rollout.top_p == 1.0
     assert cfg.eval_temperature == 0.4
+
+
+def test_win_reward_defaults_to_the_environment_and_invalid_rule_to_the_reference():
+    from sdar.envs.registry import default_win_reward
+
+    cfg = RunConfig()
+    assert cfg.env.win_reward is None and cfg.env.invalid_rule == "format"
+    assert [default_win_reward(n) for n in ("toy", "alfworld", "webshop", "search")] == [10.0, 10.0, 10.0, 1.0]
+    with pytest.raises(ConfigError, match="env.invalid_rule"):
+        from_dict(RunConfig, {"env": {"invalid_rule": "strict"}})
+    assert from_dict(RunConfig, {"env": {"invalid_rule": "admissible", "win_reward": 2}}).env.win_reward == 2.0
+    search = load_config(PAPER / "search.yaml")  # the paper's EM reward in {0, 1}, as before
+    assert search.env.win_reward in (None, 1.0) and default_win_reward("search") == 1.0
+
+
+@pytest.mark.parametrize("env", ["alfworld", "webshop", "search"])
+def test_paper_teacher_budget_holds_the_student_prompt_and_the_longest_skill_text(env: str):
+    from sdar.prompts.render import get_template
+    from sdar.skills.library import builtin_skill_dir, load_skill_library
+    from sdar.skills.retrieval import format_skill_text
+
+    cfg = load_config(PAPER / f"{env}.yaml")
+    library = load_skill_library(builtin_skill_dir(env))
+    longest = max(len(format_skill_text(library.general, [f]).encode()) for f in library.files.values())
+    block = len(get_template(env, "").privileged.format(text="").encode()) + 2  # its frame and the blank line
+    # a byte-level BPE token (Qwen's) holds at least one byte, so the bytes bound the tokens of the added text
+    assert cfg.teacher.max_prompt_tokens >= cfg.rollout.max_prompt_tokens + longest + block
 
 
 def test_configs_are_frozen():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import types
 from pathlib import Path
 
@@ -186,4 +188,120 @@ def test_env_task_types_restrict_both_splits(tmp_path):
     rt = build_runtime(cfg)
     assert {t.task_type for t in rt.train_tasks} == {t.task_type for t in rt.eval_tasks} == {"pick_and_place"}
     assert len(rt.eval_tasks) >= 64
+    rt.close()
+
+
+def test_rloo_turn_rows_take_the_other_episodes_as_baseline(tmp_path):
+    from sdar.train import step_advantages
+
+    cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "algo.advantage": "rloo"})
+    # one group: A (2 turns, return 10, second turn invalid), B (1 turn, return 0), C (3 turns, return 4)
+    a = _traj([_turn(0, True), _turn(1, False, reward=10.0)], episode=0)
+    b = _traj([_turn(0, True)], episode=1)
+    c = _traj([_turn(0, True), _turn(1, True), _turn(2, True, reward=4.0)], episode=2)
+    scores = row_scores([a, b, c], 0.1)  # [10, 9.9, 0, 4, 4, 4]
+    # episode scores (mean of rows): A 9.95, B 0, C 4 -> baselines A 2, B 6.975, C 4.975
+    want = torch.tensor([8.0, 7.9, -6.975, -0.975, -0.975, -0.975])
+    torch.testing.assert_close(step_advantages(cfg, [a, b, c], scores), want)
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_conversation_rows_carry_the_episode_score_with_every_penalty(tmp_path, advantage):
+    from sdar.tiny import byte_tokenizer
+    from sdar.train import build_batch, view_advantages
+
+    cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "rollout.view": "conversation",
+                                        "algo.advantage": advantage})
+    # A wins but has invalid turns 1 and 2 -> 10 - 0.2 = 9.8; B wins in one valid turn -> 10
+    a = _traj([_turn(0, True), _turn(1, False), _turn(2, False), _turn(3, True, reward=10.0)], won=True)
+    b = _traj([_turn(0, True, reward=10.0)], won=True, episode=1)
+    adv = view_advantages(cfg, [a, b])
+    # grpo over the group's two episodes: (x - 9.9) / std([9.8, 10]) = -/+ 0.70711; rloo: x - the other one
+    want = [-0.70711, 0.70711] if advantage == "grpo" else [-0.2, 0.2]
+    torch.testing.assert_close(adv, torch.tensor(want), atol=1e-4, rtol=0)
+    batch = build_batch(types.SimpleNamespace(cfg=cfg, tokenizer=byte_tokenizer()), [a, b], adv)
+    for row, value in enumerate(want):  # every sampled token of the episode carries its advantage
+        assert torch.allclose(batch.advantages[row][batch.loss_mask[row]], torch.tensor(value), atol=1e-4)
+
+
+def test_collect_settings_carry_the_invalid_rule(tmp_path):
+    rt = build_runtime(load_config(SMOKE, overrides={"out_dir": str(tmp_path)}))
+    assert rt.collect_settings(0).invalid_rule == "format" and rt.eval_settings().invalid_rule == "format"
+    rt.close()
+    rt = build_runtime(load_config(SMOKE, overrides={"out_dir": str(tmp_path), "env.invalid_rule": "admissible"}))
+    assert rt.collect_settings(0).invalid_rule == "admissible" and rt.eval_settings().invalid_rule == "admissible"
+    rt.close()
+
+
+def keyword_only_library(folder: Path) -> Path:
+    """A skill library whose task_to_skill knows none of the toy task types: only the goal's keywords find a skill."""
+    folder.mkdir(parents=True)
+    (folder / "general_skills.md").write_text("1. Read the goal first.\n")
+    (folder / "heating.md").write_text("1. HEAT THE OBJECT IN THE MICROWAVE BEFORE PLACING IT.\n")
+    (folder / "skill_mapping.json").write_text(json.dumps({
+        "general": ["general_skills.md"], "skill_files": {"heating": "heating.md"},
+        "task_to_skill": {"some_other_task": "heating"}, "task_keywords": {"heating": ["hot"]},
+    }))
+    return folder
+
+
+class _LookGenerator:
+    """Answers every prompt with a well-formed 'look'."""
+
+    def __init__(self, tok) -> None:
+        self.ids = tuple(tok("<think>x</think><action>look</action>", add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts, params):
+        from sdar.rollout.generator import Sample
+
+        return [Sample(self.ids, tuple(-1.0 for _ in self.ids), "stop") for _ in prompts]
+
+
+def test_keyword_retrieval_reads_the_goal_the_environment_reports(tmp_path):
+    from sdar.rollout.collect import collect_episodes
+    from sdar.runtime import settled_retrievals
+
+    cfg = load_config(SMOKE, overrides={
+        "out_dir": str(tmp_path / "run"), "teacher.source": "skills", "env.max_turns": 1,
+        "teacher.skills_dir": str(keyword_only_library(tmp_path / "skills")),
+        "env.task_types": ["pick_heat_then_place"],  # goals read "put a hot ... in/on the ..."
+    })
+    rt = build_runtime(cfg)
+    requests = episode_requests(rt, 0)
+    trajs = collect_episodes(requests, rt.make_env, _LookGenerator(rt.tokenizer), rt.tokenizer,
+                             rt.collect_settings(0))
+    assert all(" hot " in t.turns[0].context.goal for t in trajs)
+    assert all("## Skills: heating" in t.privileged["skills"] for t in trajs)
+    assert all("HEAT THE OBJECT" in rt.tokenizer.decode(list(ids)) for ids in rt.teacher_prompts(trajs))
+    # one retrieval per task group, in request order, for the bandit update and the skill metrics
+    retrievals = settled_retrievals(rt.last_retrievals)
+    assert len(retrievals) == len(requests) and all(r.skill_names == ("heating",) for r in retrievals)
+    assert retrievals[0] is retrievals[1]  # the two episodes of a group share their task's retrieval
+    rt.close()
+
+
+def test_teacher_history_dropped_counts_rows_whose_teacher_saw_less_history(tmp_path):
+    from sdar.prompts.render import encode_prompt, render_messages
+
+    cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "teacher.source": "expert_plan"})
+    rt = build_runtime(cfg)
+    plan = "1. open the fridge 1\n2. take the apple 1 from the fridge 1\n3. " + "look around carefully " * 10
+    goal = "put an apple in the fridge."
+    pairs = (("you see a fridge 1 and a drawer 1 " * 3, "go to fridge 1"), ("the fridge 1 is closed " * 3, "look"))
+    first = PromptContext(env_name="toy", goal=goal, step=0, observation="start", admissible_actions=("look",))
+    later = PromptContext(env_name="toy", goal=goal, step=2, observation="obs 2", admissible_actions=("look",),
+                          history=pairs)
+    turns = tuple(Turn(index=k, context=ctx, prompt_ids=(1,), response_ids=(2,), response_logprobs=(-1.0,),
+                       response_text="x", action="look", valid=True, finish_reason="stop", reward=0.0,
+                       observation="o", done=False, privileged={"expert_plan": plan})
+                  for k, ctx in enumerate((first, later)))
+    traj = Trajectory(task_id="t", task_type="t", group_id=0, episode_id=0, seed=0, turns=turns, won=False)
+    assert rt.teacher_rows([traj]).history_dropped == [False, False]  # the smoke budget holds everything
+    # a budget with room for the plan and one history pair, not two: the later row's teacher sees less history
+    one_pair = dataclasses.replace(later, history=pairs[1:])
+    budget = len(encode_prompt(rt.tokenizer, render_messages(one_pair, privileged=plan)))
+    rt.cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, max_prompt_tokens=budget))
+    rows = rt.teacher_rows([traj])
+    assert rows.history_dropped == [False, True] and rows.history_dropped_share == 0.5
+    assert all(len(ids) <= budget for ids in rows.prompts)
     rt.close()

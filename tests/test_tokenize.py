@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from sdar.data.tokenize import TemplateNotPrefixStableError, conversation_rows, teacher_prompts, turn_rows
+from sdar.data.tokenize import (TemplateNotPrefixStableError, build_teacher_prompts, conversation_rows, teacher_prompts,
+                                turn_rows)
 from sdar.prompts.render import build_context, encode_prompt, render_messages
 from sdar.records import Trajectory, Turn
 from sdar.tiny import byte_tokenizer
@@ -219,3 +220,8 @@ def test_teacher_prompt_drops_history_never_privileged_text(tok):
     assert prompts[:3] == [t.prompt_ids for t in traj.turns[:3]]
     with pytest.raises(ValueError, match="even with no history"):
         teacher_prompts([traj], tok, source_text=source, max_tokens=len(no_history) - 1)
+    # the rows whose teacher saw fewer history pairs than the student did
+    rows = build_teacher_prompts([traj], tok, source_text=source, max_tokens=budget)
+    assert rows.prompts == prompts and rows.has_context == has_context
+    assert rows.history_dropped == [False, False, False, True] and rows.history_dropped_share == 0.25
+    assert build_teacher_prompts([traj], tok, source_text=source, max_tokens=100_000).history_dropped_share == 0.0

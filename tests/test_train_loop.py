@@ -51,9 +51,33 @@ def test_every_method_runs_a_step(tmp_path, method):
         assert last["sdar/gate_mean"] == pytest.approx(0.5)
     if method == "skill_grpo":
         assert last["skills/count"] > 0
-    if method == "rlsd":
-        assert last["rlsd/lambda"] == pytest.approx(0.5)  # step 0 of the 100-step linear warm-down
+    if method == "rlsd":  # the first step is the reference's step 1 of its 100-step linear warm-down
+        assert last["rlsd/lambda"] == pytest.approx(0.495)
+    assert ("sdar/teacher_history_dropped" in last) == (method in teacher_methods)
     assert latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None
+
+
+def test_rlsd_lambda_of_the_first_two_steps_follows_the_reference(tmp_path):
+    # the reference counts training steps from 1: lambda = 0.5 (1 - 1/100), then 0.5 (1 - 2/100)
+    cfg = smoke_cfg(tmp_path, **{"algo.method": "rlsd", "total_steps": 2})
+    train(cfg)
+    rows = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
+    assert [row["rlsd/lambda"] for row in rows] == pytest.approx([0.495, 0.49])
+
+
+def test_keyword_skills_found_by_the_goal_reach_the_teacher_and_the_metrics(tmp_path):
+    skills = tmp_path / "skills"
+    skills.mkdir()
+    (skills / "general_skills.md").write_text("1. Read the goal first.\n")
+    (skills / "heating.md").write_text("1. Heat the object before placing it.\n")
+    (skills / "skill_mapping.json").write_text(json.dumps({
+        "general": ["general_skills.md"], "skill_files": {"heating": "heating.md"},
+        "task_to_skill": {"some_other_task": "heating"}, "task_keywords": {"heating": ["hot"]},
+    }))
+    cfg = smoke_cfg(tmp_path, **{"teacher.source": "skills", "teacher.skills_dir": str(skills), "total_steps": 1,
+                                 "env.task_types": ["pick_heat_then_place"]})
+    last = train(cfg)
+    assert last["skills/selected/heating"] == 1.0 and last["skills/none"] == 0.0
 
 
 def test_training_changes_every_parameter(tmp_path):

@@ -25,3 +25,13 @@ def test_sdar_step_on_search(tmp_path, source):
     assert last["rollout/episodes"] == 4.0 and "rollout/em" in last and "rollout/f1" in last
     assert last["rollout/invalid_ratio"] == 1.0  # a random model writes no <search>/<answer> tags
     assert math.isfinite(last["train/loss"]) and f"sdar/gap_pre_mean/{source}" in last
+
+
+def test_search_reward_is_exact_match_in_0_1_by_default():
+    from sdar.config import RunConfig
+    from sdar.envs.registry import make_env_factory
+
+    assert RunConfig().env.win_reward is None  # None: the environment's own default
+    assert make_env_factory("search", max_turns=2).win_reward == 1.0  # EM in {0, 1}, as the paper
+    assert make_env_factory("toy")().win_reward == 10.0  # 10 * won for toy, ALFWorld and WebShop
+    assert make_env_factory("search", max_turns=2, win_reward=10.0).win_reward == 10.0  # an explicit value wins

@@ -9,6 +9,8 @@ Differences from verl / verl-agent:
 - A group whose members are all equal gets exactly 0 (no NaN): ``0 / (0 + eps)``.
 - ``step_grpo_advantages(stats="episodes")`` takes one value per episode as the mean of its step values (verl-agent
   takes the episode's first row); both agree when every step carries the episode's return.
+- ``rloo_advantages`` on turn rows leaves out the whole episode (its baseline is the mean over the group's other
+  episodes), not the single row, so an episode's other turns never enter the baseline of its own rows.
 """
 
 from __future__ import annotations
@@ -139,26 +141,42 @@ def step_grpo_advantages(
     return torch.where(ep_count[group_of_step] < 2, torch.zeros_like(centered), centered)
 
 
-def rloo_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:
-    """RLOO: each score minus the mean of the *other* members of its group (singletons get 0).
+def rloo_advantages(scores: Tensor, group_ids: Tensor, episode_ids: Tensor | None = None) -> Tensor:
+    """RLOO: each score minus the mean score of the *other episodes* of its group (a lone episode gets 0).
+
+    With one row per episode (``episode_ids=None``) this is plain leave-one-out over the rows. With several rows per
+    episode (one per turn) the left-out unit is the whole episode, never a single turn: an episode's score is the mean
+    of its rows' scores (the same rule as ``step_grpo_advantages(stats="episodes")``). With per-turn scores of
+    "episode return minus this turn's invalid-action penalty", a row's advantage is therefore its own score minus the
+    mean over the group's other episodes of (return minus their penalties averaged over their turns); the other rows of
+    the same episode never enter its baseline.
 
     Args:
-        scores: ``[M]``.
-        group_ids: ``[M]``.
+        scores: ``[M]`` score of each row.
+        group_ids: ``[M]`` group of each row.
+        episode_ids: ``[M]`` episode of each row (unique within its group); None = every row is its own episode.
 
     Returns:
         ``[M]`` float advantages.
     """
-    _check_1d(scores=scores, group_ids=group_ids)
+    if episode_ids is None:
+        _check_1d(scores=scores, group_ids=group_ids)
+        episode_ids = torch.arange(scores.numel(), device=scores.device)
+    _check_1d(scores=scores, group_ids=group_ids, episode_ids=episode_ids)
     x = scores.to(torch.promote_types(scores.dtype, torch.float32))
     if x.numel() == 0:
         return x.clone()
-    index = _group_index(group_ids)
-    n_groups = int(index.max()) + 1
-    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, index, torch.ones_like(x))
-    total = torch.zeros_like(count).index_add_(0, index, x)
-    n = count[index]
-    others_mean = (total[index] - x) / (n - 1).clamp(min=1.0)
+    episode = _group_index(group_ids, episode_ids)  # [M] -> episode slot
+    n_eps = int(episode.max()) + 1
+    rows = torch.zeros(n_eps, dtype=x.dtype, device=x.device).index_add_(0, episode, torch.ones_like(x))
+    ep_value = torch.zeros_like(rows).index_add_(0, episode, x) / rows  # [E]
+    ep_group = torch.zeros(n_eps, dtype=torch.long, device=x.device).index_copy_(0, episode, _group_index(group_ids))
+    n_groups = int(ep_group.max()) + 1
+    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, ep_group, torch.ones_like(ep_value))
+    total = torch.zeros_like(count).index_add_(0, ep_group, ep_value)  # [G] sum of episode scores
+    group = ep_group[episode]  # [M]
+    n = count[group]
+    others_mean = (total[group] - ep_value[episode]) / (n - 1).clamp(min=1.0)
     return torch.where(n < 2, torch.zeros_like(x), x - others_mean)
 
 

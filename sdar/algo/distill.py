@@ -358,10 +358,14 @@ def rlsd_advantages(
 
 
 def rlsd_lambda(step: int, *, lam0: float = 0.5, warmdown_steps: int = 100) -> float:
-    """RLSD's mixing weight at ``step``: ``lam0`` decayed linearly to 0 at ``warmdown_steps``.
+    """RLSD's mixing weight at the 0-based training step ``step``: ``lam0`` decayed linearly to 0.
+
+    The count follows the reference trainer, whose step counter is 1 at the first update: the weight is
+    ``lam0 * (1 - (step + 1) / warmdown_steps)``, so the first step uses ``lam0 * (1 - 1/W)`` (0.495 for the defaults),
+    the second ``lam0 * (1 - 2/W)``, and step index ``W - 1`` (the W-th update) and every later one use 0.
 
     Args:
-        step: Training step (0-based; ``lam0`` at step 0).
+        step: Training step, 0-based (the loop's step index).
         lam0: Initial weight.
         warmdown_steps: Steps to reach 0; ``<= 0`` keeps ``lam0`` constant.
 
@@ -370,4 +374,4 @@ def rlsd_lambda(step: int, *, lam0: float = 0.5, warmdown_steps: int = 100) -> f
     """
     if warmdown_steps <= 0:
         return float(lam0)
-    return float(lam0) * max(0.0, 1.0 - step / warmdown_steps)
+    return float(lam0) * max(0.0, 1.0 - (step + 1) / warmdown_steps)

@@ -75,7 +75,7 @@ class LossSpec:
     advantage_reweight: Reweight = "none"
     """"rlsd" rescales advantages per token with the teacher."""
     rlsd_lambda: float = 0.5
-    """RLSD mixing weight at step 0."""
+    """RLSD's starting mixing weight λ0 (the schedule, ``sdar.algo.distill.rlsd_lambda``, starts from it)."""
     rlsd_eps_w: float = 0.2
     """RLSD token-weight clip half-width."""
     rlsd_warmdown_steps: int = 100

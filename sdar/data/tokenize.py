@@ -7,7 +7,7 @@ tokenized here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
@@ -88,7 +88,22 @@ def turn_rows(
     )
 
 
-def teacher_prompts(
+class TeacherPrompts(NamedTuple):
+    """Teacher prompts of the rows of ``turn_rows(trajectories)``, in the same order."""
+
+    prompts: list[tuple[int, ...]]
+    has_context: list[bool]
+    """Whether the row got privileged text (False rows reuse the student prompt unchanged)."""
+    history_dropped: list[bool]
+    """Whether the teacher's prompt holds fewer history pairs than the student's did (the budget cut them)."""
+
+    @property
+    def history_dropped_share(self) -> float:
+        """Share of the rows whose teacher saw less history than the student (0 for no rows)."""
+        return sum(self.history_dropped) / len(self.history_dropped) if self.history_dropped else 0.0
+
+
+def build_teacher_prompts(
     trajectories: Sequence[Trajectory],
     tokenizer: Any,
     *,
@@ -96,12 +111,14 @@ def teacher_prompts(
     max_tokens: int,
     system: str | None = None,
     enable_thinking: bool | None = None,
-) -> tuple[list[tuple[int, ...]], list[bool]]:
+) -> TeacherPrompts:
     """Teacher prompt ids for every row of ``turn_rows(trajectories)``, in the same order.
 
-    Each turn's ``PromptContext`` is re-rendered with the privileged text inside the user message. When the result
-    exceeds ``max_tokens``, the oldest history pairs are dropped; the privileged text is never cut. Responses are not
-    touched: use ``batch.with_prompts(prompts)``.
+    Each turn's ``PromptContext`` (the context the student's prompt was rendered from) is re-rendered with the
+    privileged text inside the user message. When the result exceeds ``max_tokens``, the oldest history pairs are
+    dropped; the privileged text is never cut. Such a row is flagged in ``history_dropped``: its teacher conditions on
+    less history than the student, so part of the teacher-student gap comes from the missing history, not from the
+    privileged text. Responses are not touched: use ``batch.with_prompts(result.prompts)``.
 
     Args:
         trajectories: the same episodes given to ``turn_rows``.
@@ -111,23 +128,19 @@ def teacher_prompts(
         system: system message of the teacher prompt (use the one the student prompt was rendered with).
         enable_thinking: forwarded to the chat template when not None.
 
-    Returns:
-        ``(prompts, has_context)``: the prompt ids per row, and whether that row got privileged text (False rows
-        reuse the student prompt unchanged).
-
     Raises:
         ValueError: when a prompt with privileged text does not fit even without history.
     """
-    prompts: list[tuple[int, ...]] = []
-    has_context: list[bool] = []
+    out = TeacherPrompts([], [], [])
     for traj in trajectories:
         for turn in traj.turns:
             text = source_text(traj, turn)
             if text is None or not text.strip():
-                prompts.append(tuple(turn.prompt_ids))
-                has_context.append(False)
+                out.prompts.append(tuple(turn.prompt_ids))
+                out.has_context.append(False)
+                out.history_dropped.append(False)
                 continue
-            ids, _ = fit_prompt(
+            ids, rendered = fit_prompt(
                 tokenizer,
                 turn.context,
                 privileged=text,
@@ -135,9 +148,25 @@ def teacher_prompts(
                 system=system,
                 enable_thinking=enable_thinking,
             )
-            prompts.append(tuple(ids))
-            has_context.append(True)
-    return prompts, has_context
+            out.prompts.append(tuple(ids))
+            out.has_context.append(True)
+            out.history_dropped.append(len(rendered.history) < len(turn.context.history))
+    return out
+
+
+def teacher_prompts(
+    trajectories: Sequence[Trajectory],
+    tokenizer: Any,
+    *,
+    source_text: SourceText,
+    max_tokens: int,
+    system: str | None = None,
+    enable_thinking: bool | None = None,
+) -> tuple[list[tuple[int, ...]], list[bool]]:
+    """``(prompts, has_context)`` of ``build_teacher_prompts`` (same arguments)."""
+    rows = build_teacher_prompts(trajectories, tokenizer, source_text=source_text, max_tokens=max_tokens,
+                                 system=system, enable_thinking=enable_thinking)
+    return rows.prompts, rows.has_context
 
 
 class TemplateNotPrefixStableError(ValueError):

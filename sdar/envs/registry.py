@@ -10,11 +10,24 @@ from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource, TaskSpec
 
 ENV_NAMES = ("toy", "alfworld", "webshop", "search")
 
+WIN_REWARDS = {"toy": 10.0, "alfworld": 10.0, "webshop": 10.0, "search": 1.0}
+"""Reward of a solved task per environment when the run does not set one: 10·won for the household games and WebShop
+(the paper's ALFWorld and WebShop reward), exact match in {0, 1} for Search-QA (Search-R1's EM reward)."""
+
+
+def default_win_reward(name: str) -> float:
+    """The environment's reward for a solved task (``WIN_REWARDS``; 10 for an environment not listed)."""
+    return WIN_REWARDS.get(name, 10.0)
+
 
 def make_env_factory(
-    name: str, *, max_turns: int = 50, win_reward: float = 10.0, data_dir: str | None = None
+    name: str, *, max_turns: int = 50, win_reward: float | None = None, data_dir: str | None = None
 ) -> EnvFactory:
-    """A zero-argument, picklable callable that builds one fresh environment instance of ``name``."""
+    """A zero-argument, picklable callable that builds one fresh environment instance of ``name``.
+
+    ``win_reward=None`` takes the environment's default (``default_win_reward``)."""
+    if win_reward is None:
+        win_reward = default_win_reward(name)
     if name == "toy":
         from sdar.envs.toy import ToyTextEnv
 

@@ -6,6 +6,10 @@ block or after the action block is ignored. The action is stripped, lower-cased 
 A response containing CJK characters is invalid. When an admissible list is given the action must match one of
 its entries after the same normalisation; the entry itself is then returned, so the environment receives exactly
 an admissible string.
+
+Which failures make a turn invalid is the run's ``env.invalid_rule`` (``apply_invalid_rule``): ``admissible``
+counts every failure above; ``format`` (the reference's rule) forgives ``not_admissible``, so a well-formed action
+outside the list is valid and goes to the environment as parsed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["REASONS", "ParsedAction", "normalize_action", "parse_action"]
+__all__ = ["INVALID_RULES", "REASONS", "ParsedAction", "apply_invalid_rule", "normalize_action", "parse_action"]
 
 REASONS = (
     "ok",
@@ -94,6 +98,24 @@ def parse_action(text: str, admissible: Sequence[str] | None) -> ParsedAction:
             return _invalid("not_admissible", action)
         action = match
     return ParsedAction(action=action, valid=True, reason="ok")
+
+
+INVALID_RULES: tuple[str, ...] = ("format", "admissible")
+"""``format``: only malformed responses are invalid (the reference); ``admissible``: also actions outside the list."""
+
+
+def apply_invalid_rule(parsed: ParsedAction, rule: str) -> ParsedAction:
+    """``parsed`` judged by ``rule``: under ``format`` a well-formed but inadmissible action becomes valid (its
+    normalised text is what the environment receives); under ``admissible`` nothing changes.
+
+    Raises:
+        ValueError: for a rule not in ``INVALID_RULES``.
+    """
+    if rule not in INVALID_RULES:
+        raise ValueError(f"invalid_rule must be one of {INVALID_RULES}, got {rule!r}")
+    if rule == "format" and parsed.reason == "not_admissible" and parsed.action:
+        return ParsedAction(action=parsed.action, valid=True, reason="ok")
+    return parsed
 
 
 def get_parser(env_name: str) -> Callable[[str, Sequence[str] | None], ParsedAction]:

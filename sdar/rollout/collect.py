@@ -8,10 +8,13 @@ ids only to parse the action (``Turn.response_ids`` are the generator's ids verb
 
 Decisions:
 
-* An invalid response (malformed tags, CJK text, or an action not in the admissible list) is *not* sent to the
-  environment. The turn is recorded with ``valid=False``, reward 0 and observation ``INVALID_FEEDBACK``; the
-  environment state and admissible actions stay as they were and the episode continues. The turn still counts
-  towards ``max_turns``. The invalid-action penalty is applied later by the trainer (``Turn.reward`` is raw).
+* Which responses are invalid is ``settings.invalid_rule``: ``format`` (the default, as the reference) = malformed
+  tags or CJK text only; a well-formed action outside the admissible list is valid and sent to the environment,
+  which answers it like any other action (e.g. "Nothing happens."). ``admissible`` = also actions outside the list.
+* An invalid response is *not* sent to the environment. The turn is recorded with ``valid=False``, reward 0 and
+  observation ``INVALID_FEEDBACK``; the environment state and admissible actions stay as they were and the episode
+  continues. The turn still counts towards ``max_turns``. The invalid-action penalty is applied later by the
+  trainer (``Turn.reward`` is raw).
 * History pairs are (observation the turn saw, action it produced); an unparseable response shows as
   ``NO_ACTION_TEXT``.
 * Environment failures never stop the collection: a failed ``reset`` is retried once on a fresh instance; a second
@@ -20,8 +23,9 @@ Decisions:
 * A prompt that does not fit ``max_prompt_tokens`` even with no history raises ``ValueError``: it is a
   configuration error that would repeat on every step.
 * ``Trajectory.privileged`` is the env's privileged info at reset (e.g. ``expert_plan``) updated with the
-  request's mapping (request wins on a key clash); ``Turn.privileged`` is the env's privileged info in the state
-  the turn acted in (a plan re-made from that state).
+  request's mappings: ``privileged_at_reset(info)`` (context that needs what the environment reports at reset,
+  such as skills retrieved by the goal), then ``privileged`` (request wins on a key clash); ``Turn.privileged`` is
+  the env's privileged info in the state the turn acted in (a plan re-made from that state).
 * With ``settings.sampling.seed`` set, turn ``t`` samples with a seed derived from ``(seed, t)``; the caller
   varies ``sampling.seed`` between calls to get fresh samples.
 """
@@ -37,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from sdar.envs.base import EnvFactory, TaskSpec, TextEnv
 from sdar.envs.pool import StepOutcome, reset_envs, step_envs
-from sdar.prompts.parse import ParsedAction, get_parser
+from sdar.prompts.parse import INVALID_RULES, ParsedAction, apply_invalid_rule, get_parser
 from sdar.prompts.render import build_context, fit_prompt
 from sdar.records import EnvInfo, PromptContext, Trajectory, Turn
 from sdar.rollout.generator import Generator, Sample, SamplingParams
@@ -71,6 +75,9 @@ class CollectSettings:
     max_prompt_tokens: int = 2048
     invalid_penalty: float = 0.1
     """Stored for the trainer, which subtracts it per invalid turn; the collector keeps raw rewards."""
+    invalid_rule: str = "format"
+    """``format``: only malformed responses are invalid, a well-formed inadmissible action is sent to the environment
+    (the reference); ``admissible``: an action outside the admissible list is invalid too and is not sent."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     enable_thinking: bool | None = None
     """Forwarded to the chat template when not None (Qwen3 runs use False)."""
@@ -79,7 +86,8 @@ class CollectSettings:
     """Prompt style ('' = the environment's template, 'compact' = its short variant)."""
     student_privileged_source: str | None = None
     """Key of a privileged text shown to the *student* as well (Skill-GRPO puts skills there). Looked up in the
-    request's ``privileged`` first, then in the environment's current ``EnvInfo.privileged``; absent -> none."""
+    request's context first (``privileged``, then ``privileged_at_reset``), then in the environment's current
+    ``EnvInfo.privileged``; absent -> none."""
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -90,6 +98,8 @@ class CollectSettings:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         if self.invalid_penalty < 0:
             raise ValueError(f"invalid_penalty must be >= 0 (it is subtracted), got {self.invalid_penalty}")
+        if self.invalid_rule not in INVALID_RULES:
+            raise ValueError(f"invalid_rule must be one of {INVALID_RULES}, got {self.invalid_rule!r}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,9 @@ class EpisodeRequest:
     episode_id: int
     privileged: Mapping[str, str] = field(default_factory=dict)
     """Teacher context decided before the episode (e.g. retrieved skills), by source name."""
+    privileged_at_reset: Callable[[EnvInfo], Mapping[str, str]] | None = None
+    """Teacher context that needs what the environment reports at reset (e.g. skills retrieved by the goal text):
+    called once after the episode's successful reset with its ``EnvInfo``; ``privileged`` wins on a key clash."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,8 @@ class _Episode:
     observation: str = ""
     info: EnvInfo | None = None
     privileged: dict[str, str] = field(default_factory=dict)
+    given: dict[str, str] = field(default_factory=dict)
+    """The request's context: ``privileged_at_reset(info)`` updated with ``privileged``."""
     turns: list[Turn] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)
     done: bool = False
@@ -181,8 +196,10 @@ def _start_all(requests: Sequence[EpisodeRequest], make_env: EnvFactory) -> list
                 _close(env)
                 continue
             observation, info = outcome
-            privileged = {**dict(info.privileged), **dict(request.privileged)}
-            episodes[i] = _Episode(request, env, observation=observation, info=info, privileged=privileged)
+            late = request.privileged_at_reset(info) if request.privileged_at_reset is not None else {}
+            given = {**dict(late), **dict(request.privileged)}
+            episodes[i] = _Episode(request, env, observation=observation, info=info,
+                                   privileged={**dict(info.privileged), **given}, given=given)
         todo = [i for i in todo if i not in episodes]
     for i in todo:
         episodes[i] = _Episode(requests[i], None, privileged=dict(requests[i].privileged), done=True, failed=True)
@@ -192,8 +209,8 @@ def _start_all(requests: Sequence[EpisodeRequest], make_env: EnvFactory) -> list
 def _student_privileged(ep: _Episode, source: str | None) -> str | None:
     if source is None:
         return None
-    if source in ep.request.privileged:
-        return ep.request.privileged[source]
+    if source in ep.given:
+        return ep.given[source]
     assert ep.info is not None
     return ep.info.privileged.get(source)
 
@@ -220,8 +237,9 @@ def _prepare(ep: _Episode, turn: int, tokenizer: Any, settings: CollectSettings)
     )
 
 
-def _parse(ep: _Episode, sample: Sample, tokenizer: Any) -> tuple[str, ParsedAction]:
-    """Decode one sampled response and parse its action against the episode's admissible actions."""
+def _parse(ep: _Episode, sample: Sample, tokenizer: Any, rule: str) -> tuple[str, ParsedAction]:
+    """Decode one sampled response and parse its action against the episode's admissible actions, judged by
+    ``rule`` (``CollectSettings.invalid_rule``)."""
     assert ep.info is not None
     if len(sample.logprobs) != len(sample.token_ids):
         raise RuntimeError(
@@ -229,7 +247,7 @@ def _parse(ep: _Episode, sample: Sample, tokenizer: Any) -> tuple[str, ParsedAct
             "a Generator must return one logprob per sampled id"
         )
     text = tokenizer.decode(list(sample.token_ids), skip_special_tokens=True)
-    return text, get_parser(ep.env.name)(text, ep.info.admissible_actions or None)
+    return text, apply_invalid_rule(get_parser(ep.env.name)(text, ep.info.admissible_actions or None), rule)
 
 
 def _advance(
@@ -337,7 +355,7 @@ def collect_episodes(
             samples = generator.generate([ids for ids, _ in prepared], params)
             if len(samples) != len(active):
                 raise RuntimeError(f"the generator returned {len(samples)} samples for {len(active)} prompts")
-            parsed = [_parse(ep, sample, tokenizer) for ep, sample in zip(active, samples)]
+            parsed = [_parse(ep, sample, tokenizer, settings.invalid_rule) for ep, sample in zip(active, samples)]
             stepping = [k for k, (_, p) in enumerate(parsed) if p.valid]
             answers = dict(zip(stepping, step_envs([(active[k].env, parsed[k][1].action) for k in stepping])))
             for k, (ep, (ids, ctx), sample) in enumerate(zip(active, prepared, samples)):

@@ -10,6 +10,9 @@ Four strategies share the ``SkillRetriever`` Protocol:
 - ``full``: every skill file.
 - ``random``: one skill file drawn uniformly at random (seeded).
 
+Only ``keyword`` reads the goal, and only for a task type the library does not map; ``needs_goal`` tells the caller
+when, so that it can ask after the environment has reported the goal (at reset) instead of before the episode.
+
 General skills are always included first. The returned text is deterministic for a given choice: a ``## ...``
 heading per block, blocks separated by one blank line (see ``format_skill_text``).
 """
@@ -111,6 +114,10 @@ class KeywordRetriever:
     def __init__(self, library: SkillLibrary) -> None:
         self.library = library
         self._reported: set[str] = set()
+
+    def needs_goal(self, task_type: str) -> bool:
+        """True when the answer for ``task_type`` depends on the goal text (the library does not map the type)."""
+        return self.library.resolve_task_type(task_type) is None
 
     def retrieve(self, *, task_type: str, goal: str) -> Retrieval:
         """See ``SkillRetriever.retrieve``; gives general skills only when neither rule finds a skill."""
