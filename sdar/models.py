@@ -78,7 +78,7 @@ def is_prepared(alias: str, cache: Path | None = None) -> bool:
 
 
 SCRATCH_MODELS: dict[str, str] = {
-    "toy-lm": "a ~0.3M-parameter Qwen2-style model initialised from scratch with a BPE tokenizer trained on the "
+    "toy-lm": "a ~0.6M-parameter Qwen2-style model initialised from scratch with a BPE tokenizer trained on the "
               "built-in game's text (the testbed policy; train it with sdar sft first)",
 }
 """Aliases built locally from nothing (no download, a few seconds); prepared automatically on first use."""

@@ -11,7 +11,7 @@ plan when one is in the prompt.
 * a byte-level BPE tokenizer trained on the game's own text (prompts with and without the plan, answers), with
   ``<think>``, ``</think>``, ``<action>``, ``</action>`` as whole tokens and a ChatML chat template; any text still
   encodes (byte fallback) and ``decode(encode(text)) == text``;
-* a randomly initialised Qwen2-style decoder (``TestbedSpec``; about 1M parameters by default).
+* a randomly initialised Qwen2-style decoder (``TestbedSpec``; about 0.6M parameters by default).
 
 The model alias ``toy-lm`` (``sdar model prepare toy-lm``, or any run that names it) builds it once into the cache.
 """
@@ -44,10 +44,10 @@ class TestbedSpec:
 
     vocab_size: int = 1024
     """BPE vocabulary size (the game needs a few hundred words; the rest are sub-words and bytes)."""
-    hidden_size: int = 64
+    hidden_size: int = 96
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 256
+    intermediate_size: int = 384
     max_positions: int = 2048
     corpus_tasks: int = 120
     """Expert episodes (train split) whose prompts and answers train the tokenizer."""
