@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import os
 import random
-import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -25,6 +24,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from sdar.atomic import clean_leftovers, remove_dir
 from sdar.learner import dist as dist_util
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdar.records import Trajectory
@@ -259,7 +259,7 @@ def save_run_checkpoint(learner: Any, directory: Path, *, step: int, extra: Mapp
             kept = {p.name for p in directory.glob("step_*")}
             for folder in (directory / SHARDED_DIR).glob("step_*"):
                 if folder.name not in kept:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    remove_dir(folder)  # renamed aside first: never a half-deleted shard folder
 
 
 def load_run_checkpoint(learner: Any, directory: Path, *, dp: DataParallel) -> dict[str, Any] | None:
@@ -302,8 +302,10 @@ def consolidate_sharded(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     folder = Path(checkpoint)
+    clean_leftovers(folder.parent, writer=False)
     if not (folder / ".metadata").is_file():
         folder = folder.parent / SHARDED_DIR / folder.name
+        clean_leftovers(folder.parent, writer=False)
     if not (folder / ".metadata").is_file():
         raise FileNotFoundError(f"no sharded checkpoint at {checkpoint}; pass a step_XXXXXX folder of a torchrun run")
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,26 +8,36 @@ Layout of ``<dir>/step_000042/``:
 - ``rng.pt``: the global RNG streams (python ``random``, numpy, torch CPU, and every CUDA device when available).
 - ``state.json``: ``{"step", "extra", "files"}``, written last.
 
-A checkpoint is written into a hidden temporary folder, flushed to disk, and renamed into place in one
-``os.replace``; only then is ``<dir>/latest`` (one line: the folder name) replaced atomically. A crash at any point
-therefore leaves the previous checkpoint and ``latest`` untouched, and :func:`latest_checkpoint` never returns a
-partial folder.
+A checkpoint is written into a hidden temporary folder, flushed to disk, and put in place by
+:func:`sdar.atomic.replace_dir` (a rename, or an atomic swap when a folder of the same step already exists); only
+then is ``<dir>/latest`` (one line: the folder name) replaced atomically. A crash at any point (even SIGKILL)
+therefore leaves the previous checkpoint and ``latest`` intact, and :func:`latest_checkpoint` never returns a
+partial folder. Leftovers of a crashed save are repaired when the folder is next opened: by :func:`save_checkpoint`
+(every leftover) and by :func:`latest_checkpoint` / :func:`load_checkpoint` (those of dead processes on this host).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
+
+from sdar.atomic import (
+    clean_leftovers,
+    fsync_dir,
+    fsync_file,
+    new_tmp_dir,
+    remove_dir,
+    replace_dir,
+    write_text_atomic,
+)
 
 __all__ = ["capture_rng_state", "latest_checkpoint", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
 
@@ -39,30 +49,11 @@ RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
-_TMP_PREFIX = ".tmp-"
 _ALIASES_KEY = "sdar.aliases"
 
 
 def _step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -137,7 +128,6 @@ def _write_step_folder(tmp: Path, *, step: int, learner_state: Mapping[str, Any]
 
     if "model" not in learner_state:
         raise KeyError("learner_state needs a 'model' entry (name -> tensor), as returned by Learner.state_dict()")
-    tmp.mkdir(parents=True)
     tensors, aliases = _dedupe_tensors(learner_state["model"])
     save_file(tensors, str(tmp / MODEL_FILE), metadata={_ALIASES_KEY: json.dumps(aliases, sort_keys=True)})
     torch.save({k: v for k, v in learner_state.items() if k != "model"}, tmp / OPTIMIZER_FILE)
@@ -146,27 +136,12 @@ def _write_step_folder(tmp: Path, *, step: int, learner_state: Mapping[str, Any]
     text = json.dumps({"step": int(step), "extra": dict(extra), "files": files}, indent=2, sort_keys=True)
     (tmp / STATE_FILE).write_text(text + "\n", encoding="utf-8")
     for name in [*files, STATE_FILE]:
-        _fsync_file(tmp / name)
-    _fsync_dir(tmp)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` atomically; an existing ``dst`` is moved aside first and deleted afterwards."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f"{_TMP_PREFIX}old-{dst.name}-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_file(tmp / name)
+    fsync_dir(tmp)
 
 
 def _write_latest(directory: Path, name: str) -> None:
-    tmp = directory / f"{_TMP_PREFIX}{LATEST_FILE}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(name + "\n", encoding="utf-8")
-    _fsync_file(tmp)
-    os.replace(tmp, directory / LATEST_FILE)
-    _fsync_dir(directory)
+    write_text_atomic(directory / LATEST_FILE, name + "\n")
 
 
 def _is_complete(path: Path) -> bool:
@@ -196,7 +171,7 @@ def _prune(directory: Path, keep_last: int, protect: Path) -> None:
     complete = _complete_steps(directory)
     for _, path in complete[: max(len(complete) - keep_last, 0)]:
         if path != protect:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_dir(path)  # renamed aside first: a crash never leaves a half-deleted step folder
 
 
 def save_checkpoint(
@@ -223,18 +198,16 @@ def save_checkpoint(
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f"{_TMP_PREFIX}step_*"):  # left behind by a crashed save
-        shutil.rmtree(stale, ignore_errors=True)
+    clean_leftovers(root, writer=True)  # left behind by a crashed save
     name = _step_dir_name(step)
-    tmp = root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+    final = root / name
+    tmp = new_tmp_dir(final)
     try:
         _write_step_folder(tmp, step=step, learner_state=learner_state, extra=extra or {})
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    final = root / name
-    _replace_dir(tmp, final)
-    _fsync_dir(root)
     _write_latest(root, name)
     if keep_last is not None:
         _prune(root, keep_last, protect=final)
@@ -248,6 +221,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     Temporary folders and step folders without a valid ``state.json`` are never returned.
     """
     root = Path(directory)
+    clean_leftovers(root, writer=False)
     pointer = root / LATEST_FILE
     if pointer.is_file():
         candidate = root / pointer.read_text(encoding="utf-8").strip()
@@ -275,6 +249,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     folder = Path(path)
+    clean_leftovers(folder.parent, writer=False)
     if not _is_complete(folder):
         raise FileNotFoundError(
             f"{folder} is not a complete checkpoint folder (step_XXXXXX with state.json); "

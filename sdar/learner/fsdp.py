@@ -40,6 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from sdar.algo.methods import LossSpec
+from sdar.atomic import clean_leftovers, new_tmp_dir, replace_dir
 from sdar.batch import TokenBatch
 from sdar.learner import dist as dist_util
 from sdar.learner.base import ModelRole
@@ -464,18 +465,25 @@ class FSDPLearner(LocalLearner):
 
         Each rank writes its own shards of the model and optimizer state (the folder must be on storage every rank
         sees); rank 0 writes the metadata and :data:`SHARDED_STATE_FILE`. The folder is written under a hidden
-        temporary name and renamed into place by rank 0 once complete; an existing folder of the same name is
-        replaced.
+        temporary name, flushed to disk, and put in place by rank 0 with :func:`sdar.atomic.replace_dir` (an
+        existing folder of the same name is swapped out atomically), so a crash at any point leaves the previous
+        folder or the new one, complete. Leftovers of an interrupted save beside ``path`` are removed first.
 
         Returns:
             The checkpoint folder.
         """
         final = Path(path)
-        tmp = final.parent / f".tmp-{final.name}"
+        error: BaseException | None = None
+        tmp_path = ""
         if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        dist.barrier()
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                clean_leftovers(final.parent, writer=True)
+                tmp_path = str(new_tmp_dir(final))
+            except Exception as exc:  # noqa: BLE001 - raised on every rank just below
+                error = exc
+        dist_util.raise_if_any_rank_failed(error)
+        tmp = Path(dist_util.broadcast_object(tmp_path))
         state = {
             "model": get_model_state_dict(self.model),
             "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
@@ -483,17 +491,20 @@ class FSDPLearner(LocalLearner):
         dcp.save(state, checkpoint_id=tmp)
         shuffle = self._gather_shuffle()
         if self.rank == 0:
-            torch.save({**self._counters(), "shuffle_rng": shuffle, "world_size": self.world_size},
-                       tmp / SHARDED_STATE_FILE)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        dist.barrier()
+            try:
+                torch.save({**self._counters(), "shuffle_rng": shuffle, "world_size": self.world_size},
+                           tmp / SHARDED_STATE_FILE)
+                replace_dir(tmp, final)
+            except BaseException as exc:  # noqa: BLE001 - raised on every rank just below
+                shutil.rmtree(tmp, ignore_errors=True)
+                error = exc
+        dist_util.raise_if_any_rank_failed(error)
         return final
 
     def load_sharded(self, path: str | os.PathLike[str]) -> None:
         """Resume from a folder written by :meth:`save_sharded` (collective; the world size may differ)."""
         folder = Path(path)
+        clean_leftovers(folder.parent, writer=False)
         if not (folder / SHARDED_STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"{folder} is not a complete sharded checkpoint (no {SHARDED_STATE_FILE}); pass a folder written by "

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sdar.envs.base import EnvUnavailable, TaskSpec
+from sdar.errors import InputFileError, read_json, read_text
 from sdar.envs.search.metrics import normalize_answer
 from sdar.envs.search.retrievers import BM25Retriever, HTTPRetriever, Passage, Retriever, passage_from_contents
 
@@ -110,23 +111,29 @@ def question_type(item: QAItem) -> str:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON object") from e
-        return out
-    data = json.loads(text)
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of question records (or {{'data': [...]}})")
-    return data
+    """The records of a JSONL file (one object per line) or a JSON list (or ``{"data": [...]}``).
+
+    Raises:
+        InputFileError: when the file is not UTF-8 text or not valid JSON (the message names the file and the line).
+    """
+    if path.suffix != ".jsonl":
+        data = read_json(path, what="question file")
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise InputFileError(f"{path}: expected a JSON list of question records (or {{'data': [...]}})")
+        return data
+    text = read_text(path, what="JSONL file")
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputFileError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON "
+                                 "object") from None
+    return out
 
 
 def _source_from_path(path: Path) -> str | None:
@@ -262,7 +269,7 @@ class Article:
 def load_articles(path: Path | None = None) -> list[Article]:
     """The summaries with a non-empty text, in title order (default file: ``ovos_summaries_path()``)."""
     path = path or ovos_summaries_path()
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = read_json(path, what="article file")
     arts = [
         Article(str(v.get("title", k)), " ".join(str(v.get("description", "")).split()),
                  " ".join(str(v.get("extract", "")).split()), str(v.get("topic", "")))
@@ -299,7 +306,7 @@ def fanoutqa_questions(passages: Sequence[Passage], path: Path | None = None) ->
     """FanOutQA dev sub-questions with a string answer whose evidence article is in ``passages`` and whose
     normalised answer occurs (as whole words) in that article's passage. All go to the ``eval`` split; ids are
     ``"fanoutqa-<sub-question id>"``; repeated sub-questions are kept once."""
-    data = json.loads((path or fanoutqa_dev_path()).read_text(encoding="utf-8"))
+    data = read_json(path or fanoutqa_dev_path(), what="FanOutQA file")
     by_title = {p.title: p for p in passages}
     items: dict[str, QAItem] = {}
     questions: set[str] = set()

@@ -26,7 +26,14 @@ from sdar.envs.base import EnvError
 from sdar.envs.search.actions import format_action, split_action
 from sdar.envs.search.data import QAItem, SearchTaskSource, build_retriever, load_search_dataset, question_type
 from sdar.envs.search.metrics import exact_match, f1_score
-from sdar.envs.search.retrievers import Passage, Retriever, RetrieverError, call_with_retries, format_information
+from sdar.envs.search.retrievers import (
+    HTTPRetriever,
+    Passage,
+    Retriever,
+    RetrieverError,
+    call_with_retries,
+    format_information,
+)
 from sdar.records import EnvInfo, StepResult
 
 __all__ = [
@@ -273,7 +280,8 @@ def make_search_env_factory(
     """The environment factory for a Search-QA data set (``data_dir=None``: the built-in offline set).
 
     The data set is loaded and the retriever built right away, so a missing file or package fails here with a
-    message naming the fix. ``questions`` overrides the data set's questions (the corpus stays).
+    message naming the fix; with ``retriever_url`` the server is probed once (reachable, token accepted).
+    ``questions`` overrides the data set's questions (the corpus stays).
     """
     dataset = load_search_dataset(data_dir, seed=seed, cache_dir=cache_dir)
     factory = SearchEnvFactory(
@@ -281,7 +289,9 @@ def make_search_env_factory(
         retriever_kind=retriever, retriever_url=retriever_url, cache_dir=cache_dir, topk=topk, max_turns=max_turns,
         win_reward=win_reward,
     )
-    factory.retriever()
+    built = factory.retriever()
+    if retriever_url and isinstance(built, HTTPRetriever):
+        built.check()
     return factory
 
 

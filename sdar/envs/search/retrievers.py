@@ -5,14 +5,17 @@ Wire format of a Search-R1 ``/retrieve`` server (what ``HTTPRetriever`` speaks a
 serves): POST JSON ``{"queries": [...], "topk": k, "return_scores": true}`` answered by
 ``{"result": [[{"document": {"id": ..., "contents": "\\"Title\\"\\ntext"}, "score": s}, ...], ...]}``, one list
 per query, best first. Without ``return_scores`` each item is the document object itself. ``contents`` holds the
-title (quoted, as in the wiki-18 corpus) on its first line and the passage text after it.
+title (quoted, as in the wiki-18 corpus) on its first line and the passage text after it. A server started with a
+token wants ``Authorization: Bearer <token>``; ``HTTPRetriever`` sends the one in ``$SDAR_RETRIEVER_TOKEN``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
@@ -23,8 +26,10 @@ __all__ = [
     "BM25Retriever",
     "HTTPRetriever",
     "Passage",
+    "RequestRefused",
     "Retriever",
     "RetrieverError",
+    "TOKEN_ENV",
     "call_with_retries",
     "format_information",
     "passage_from_contents",
@@ -32,6 +37,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+TOKEN_ENV = "SDAR_RETRIEVER_TOKEN"
+"""Environment variable holding the bearer token of a ``/retrieve`` server (read by the server and the client)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class RetrieverError(RuntimeError):
     """Retrieval failed (server unreachable, bad answer, ...); the message says what to check."""
 
 
+class RequestRefused(RetrieverError):
+    """The server refused the request itself (HTTP 4xx): sending it again would not help, so it is not retried."""
+
+
 @runtime_checkable
 class Retriever(Protocol):
     """Top-k passage search for a batch of queries."""
@@ -86,7 +98,8 @@ def call_with_retries(
 ) -> T:
     """Call ``fn``; on an exception retry up to ``retries`` more times, sleeping ``backoff * 2**i`` before retry i.
 
-    Example: ``retries=2, backoff=0.5`` makes at most 3 calls with sleeps of 0.5 s and 1.0 s in between.
+    Example: ``retries=2, backoff=0.5`` makes at most 3 calls with sleeps of 0.5 s and 1.0 s in between. A
+    ``RequestRefused`` is raised at once (the same request would be refused again).
 
     Raises:
         RetrieverError: after the last failed attempt, chained to its exception.
@@ -96,6 +109,8 @@ def call_with_retries(
     for attempt in range(retries + 1):
         try:
             return fn()
+        except RequestRefused:
+            raise
         except Exception as exc:  # noqa: BLE001 - any backend failure is retried, then reported
             if attempt == retries:
                 raise RetrieverError(f"{what} failed after {retries + 1} attempt(s): {exc!r}") from exc
@@ -158,6 +173,18 @@ def _parse_hit(item: Any, where: str) -> Passage:
     raise RetrieverError(f"{where}: a hit needs 'contents' (or 'title' and 'text'); got keys {sorted(doc)}")
 
 
+def _token_from_env() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        payload = json.loads(exc.read(65536).decode("utf-8", "replace"))
+        return str(payload.get("error", payload)) if isinstance(payload, Mapping) else str(payload)
+    except (OSError, ValueError):
+        return exc.reason if isinstance(exc.reason, str) else ""
+
+
 @dataclass
 class HTTPRetriever:
     """Client of a Search-R1 compatible ``/retrieve`` endpoint (wire format in the module docstring).
@@ -165,8 +192,10 @@ class HTTPRetriever:
     Args:
         url: the full endpoint, e.g. ``http://127.0.0.1:8000/retrieve``.
         timeout: seconds per HTTP request.
-        retries: extra attempts after a failed request (connection error, HTTP error, malformed answer).
+        retries: extra attempts after a failed request (connection error, HTTP 5xx / 408 / 429, malformed answer);
+            other 4xx answers (bad request, wrong token, too large) are not retried.
         backoff: sleep before retry i is ``backoff * 2**i`` seconds.
+        token: bearer token sent as ``Authorization: Bearer <token>``; default ``$SDAR_RETRIEVER_TOKEN`` (None: none).
         sleep: the sleep function (tests pass a recorder).
     """
 
@@ -174,13 +203,15 @@ class HTTPRetriever:
     timeout: float = 10.0
     retries: int = 2
     backoff: float = 0.5
+    token: str | None = field(default_factory=_token_from_env, repr=False)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     def retrieve(self, queries: list[str], k: int) -> list[list[Passage]]:
         """See ``Retriever.retrieve``.
 
         Raises:
-            RetrieverError: when every attempt failed; the message names the URL and the last error.
+            RetrieverError: when every attempt failed, or at once when the server refused the request
+                (``RequestRefused``); the message names the URL and the error.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -193,11 +224,23 @@ class HTTPRetriever:
             what=what,
         )
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
     def _post(self, body: bytes, n: int) -> list[list[Passage]]:
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"},
-                                         method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.loads(response.read().decode("utf-8"))
+        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                hint = f" (set ${TOKEN_ENV} to the server's token)" if exc.code == 401 else ""
+                raise RequestRefused(f"{self.url} refused the request with HTTP {exc.code}: {_error_text(exc)}{hint}"
+                                     ) from exc
+            raise
         result = payload.get("result") if isinstance(payload, Mapping) else None
         if not isinstance(result, list) or len(result) != n:
             raise RetrieverError(f"{self.url} answered without a 'result' list of {n} entries")
@@ -207,3 +250,15 @@ class HTTPRetriever:
                 raise RetrieverError(f"{self.url}: result[{qi}] is not a list")
             out.append([_parse_hit(h, f"{self.url} result[{qi}]") for h in hits])
         return out
+
+    def check(self) -> None:
+        """Send one empty request (with the usual retries): proves the server is up and accepts our token.
+
+        Raises:
+            RetrieverError: the server cannot be reached, refuses the token, or does not answer like a
+                ``/retrieve`` server; the message names the URL and the fix.
+        """
+        body = json.dumps({"queries": [], "topk": 1}).encode("utf-8")
+        what = f"probe of {self.url} (start a server with `sdar retriever serve`, or fix env.retriever_url)"
+        call_with_retries(lambda: self._post(body, 0), retries=self.retries, backoff=self.backoff, sleep=self.sleep,
+                          what=what)
