@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -26,8 +28,10 @@ COMMANDS = {
 }
 
 
-def _split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+def _split_config_arg(argv: Sequence[str], prog: str = "sdar train") -> tuple[str | None, list[str]]:
     """Pull ``--config FILE`` (or ``--config=FILE``) out of ``argv``; the rest goes to the option parser."""
+    from sdar.config import ConfigError
+
     rest: list[str] = []
     config: str | None = None
     it = iter(argv)
@@ -35,7 +39,7 @@ def _split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         if arg == "--config":
             config = next(it, None)
             if config is None:
-                raise SystemExit("sdar: --config needs a file name, e.g. --config configs/demo_cpu.yaml")
+                raise ConfigError(f"{prog}: --config needs a file name, e.g. --config configs/demo_cpu.yaml")
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
         else:
@@ -43,43 +47,53 @@ def _split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
+def _take_flag(argv: Sequence[str], flag: str) -> tuple[bool, list[str]]:
+    """(whether ``flag`` is in ``argv``, ``argv`` without it)."""
+    rest = [a for a in argv if a != flag]
+    return len(rest) != len(argv), rest
+
+
 def parse_run_config(argv: Sequence[str], prog: str):
-    """``[--config FILE] [--section.key VALUE ...]`` -> a validated ``RunConfig``."""
+    """``[--config FILE] [--section.key VALUE ...]`` -> a validated ``RunConfig``.
+
+    Raises:
+        ConfigError: for a missing or malformed preset (the message names the file) or an invalid value.
+    """
     import tyro
 
-    from sdar.config import ConfigError, RunConfig, from_dict, validate
+    from sdar.config import ConfigError, RunConfig, from_dict, read_config_file, validate
 
-    config_path, rest = _split_config_arg(argv)
+    config_path, rest = _split_config_arg(argv, prog)
     base = RunConfig()
     if config_path is not None:
-        import yaml
-
-        p = Path(config_path)
-        if not p.is_file():
-            raise SystemExit(f"{prog}: config file {p} does not exist (presets live in configs/)")
         try:
-            base = from_dict(RunConfig, yaml.safe_load(p.read_text()) or {})
+            base = from_dict(RunConfig, read_config_file(config_path))
         except ConfigError as e:
-            raise SystemExit(f"{prog}: {p}: {e}") from None
+            raise ConfigError(str(e) if config_path in str(e) else f"{config_path}: {e}") from None
     cfg = tyro.cli(
         RunConfig,
         default=base,
         args=rest,
         prog=prog,
-        description="Options override the preset given with --config FILE (YAML); defaults are shown.",
+        description="Options override the preset given with --config FILE (YAML); defaults are shown."
+                    + (" A run folder (out_dir) that is not empty is refused unless --resume (continue it) or "
+                       "--overwrite (delete the run's files first) is given." if prog == "sdar train" else ""),
     )
     try:
         validate(cfg)
     except ConfigError as e:
-        raise SystemExit(f"{prog}: {e}") from None
+        origin = f" (preset {config_path} plus the command line)" if config_path else ""
+        raise ConfigError(str(e).replace("invalid configuration:", f"invalid configuration{origin}:", 1)) from None
     return cfg
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    cfg = parse_run_config(argv, "sdar train")
+    """``sdar train [--overwrite] [--resume] [--config FILE] [--section.key VALUE ...]``."""
+    overwrite, rest = _take_flag(argv, "--overwrite")
+    cfg = parse_run_config(rest, "sdar train")
     from sdar.train import train
 
-    train(cfg)
+    train(cfg, folder="overwrite" if overwrite else "new")
     return 0
 
 
@@ -143,11 +157,7 @@ def cmd_model(argv: Sequence[str]) -> int:
             state = f"prepared at {path}" if models.is_prepared(alias) else f"not prepared (run: sdar model prepare {alias})"
             sys.stdout.write(f"{alias:16s} {info}  [{state}]\n")
         return 0
-    try:
-        out = models.prepare_model(args.alias, out_dir=args.out, dtype=args.dtype, force=args.force)
-    except (models.ModelNotFoundError, ValueError) as e:
-        sys.stderr.write(f"sdar model prepare: {e}\n")
-        return 1
+    out = models.prepare_model(args.alias, out_dir=args.out, dtype=args.dtype, force=args.force)
     sys.stdout.write(f"{out}\n")
     return 0
 
@@ -242,19 +252,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdar",
         description="Self-Distilled Agentic Reinforcement Learning for multi-turn LLM agents.",
-        epilog="Run `sdar COMMAND --help` for the options of a command.",
+        epilog="Run `sdar COMMAND --help` for the options of a command. Errors in your input (configuration, "
+               "files, models, data) are reported in one or two lines with exit status 2; --debug (or "
+               "SDAR_DEBUG=1) adds the traceback.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of every error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+GLOBAL_FLAGS = ("-v", "--verbose", "--debug")
+"""Options of `sdar` itself, given before the command."""
+
+
+def debug_requested(flags: Sequence[str] = ()) -> bool:
+    """``--debug`` among the global flags, or ``SDAR_DEBUG`` set to anything but empty/0/false/no."""
+    env = os.environ.get("SDAR_DEBUG", "").strip().lower()
+    return "--debug" in flags or env not in ("", "0", "false", "no")
+
+
+def report_error(command: str, exc: BaseException, *, debug: bool) -> int | None:
+    """Write a user error as one or two lines (the traceback too with ``debug``); returns the exit status, or
+    None when ``exc`` is not a user error (the caller re-raises it: a bug keeps its traceback)."""
+    from sdar.errors import DEBUG_HINT, NonFiniteWeightsError, user_message
+
+    message = user_message(exc)
+    if message is None:
+        return None
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    named = any(message.startswith(f"sdar {name}:") for name in COMMANDS)  # already says which command
+    sys.stderr.write((message if named else f"sdar {command}: {message}") + "\n")
+    if not debug and not _names_its_fix(exc):
+        sys.stderr.write(DEBUG_HINT + "\n")
+    return 1 if isinstance(exc, NonFiniteWeightsError) else 2
+
+
+def _names_its_fix(exc: BaseException) -> bool:
+    """Errors of the project's own types carry the fix in their message; a library's error may not."""
+    from sdar.config import ConfigError
+    from sdar.errors import InputFileError, NonFiniteWeightsError
+
+    own: tuple[type[BaseException], ...] = (ConfigError, InputFileError, NonFiniteWeightsError)
+    for module, name in (("sdar.models", "ModelNotFoundError"), ("sdar.envs.base", "EnvUnavailable"),
+                         ("sdar.skills.library", "SkillLibraryError")):
+        if module in sys.modules:
+            own += (getattr(sys.modules[module], name),)
+    return isinstance(exc, own)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    head = [a for a in argv[:1] if a in ("-v", "--verbose")]
+    head: list[str] = []
+    while len(head) < len(argv) and argv[len(head)] in GLOBAL_FLAGS:
+        head.append(argv[len(head)])
     rest = argv[len(head):]
     if not rest or rest[0] in ("-h", "--help") or rest[0] not in COMMANDS:
         if rest and rest[0] not in ("-h", "--help") and rest[0] not in COMMANDS:
@@ -263,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.DEBUG if head else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    verbose = any(f in head for f in ("-v", "--verbose"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command, args = rest[0], rest[1:]
     handlers = {
         "train": cmd_train,
@@ -278,7 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "sft": cmd_sft,
     }
-    code = handlers[command](args)
+    try:
+        code = handlers[command](args)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; anything else is re-raised
+        reported = report_error(command, exc, debug=debug_requested(head))
+        if reported is None:
+            raise
+        code = reported
     if "torch.distributed" in sys.modules:  # under torchrun: leave the process group, exit without finalization
         from sdar.distributed import finish
 

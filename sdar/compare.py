@@ -576,14 +576,21 @@ def main(argv: Sequence[str]) -> int:
                         "(default: grpo when it is among --methods, else the first method)")
     parser.add_argument("--threshold", type=float, default=None, help="success in percent for the steps-to-"
                         "threshold table (default: 90%% of the baseline's mean final in-training success)")
-    known = ("config", "methods", "seeds", "out", "baseline", "threshold")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier comparison in DIR (its runs, "
+                        "evaluations, table and plots) first; without it a comparison folder is reused (finished runs "
+                        "kept, interrupted ones resumed) and a folder holding anything else is refused")
+    known = ("config", "methods", "seeds", "out", "baseline", "threshold", "overwrite")
     try:
         rest, overrides = parse_overrides(list(argv), known)
         args = parser.parse_args(rest)
+        from sdar.runfolder import COMPARE_LAYOUT, prepare_folder
+
+        prepare_folder(args.out, COMPARE_LAYOUT, mode="overwrite" if args.overwrite else "own")
         path = run_compare(args.config, args.methods, args.seeds, args.out, overrides, baseline=args.baseline,
                            threshold=args.threshold)
     except ConfigError as e:
-        sys.stderr.write(f"sdar compare: {e}\n")
+        message = str(e)
+        sys.stderr.write((message if message.startswith("sdar compare:") else f"sdar compare: {message}") + "\n")
         return 2
     sys.stdout.write(path.read_text() + f"\nwritten: {path}\n")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ class EnvConfig:
     so parallel stepping uses processes."""
     step_timeout_s: float = 60.0
     """A worker that does not answer a step within this time is restarted and its episodes count as failed."""
+    retriever_url: str | None = None
+    """Search-QA: a ``/retrieve`` server (``sdar retriever serve``), e.g. http://127.0.0.1:8000/retrieve, shared by
+    all workers instead of an index per process; its bearer token, if any, comes from $SDAR_RETRIEVER_TOKEN."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,11 @@ class OptimConfig:
     """Learner placement: local = the whole model and optimizer in one process; fsdp = parameters, gradients and
     AdamW state sharded over the processes of a torchrun job (FSDP2), each process rolling out its share of the
     step's task groups; auto = fsdp when launched with more than one process, else local."""
+    rollback_nonfinite: bool = True
+    """Undo an optimizer step that leaves a weight NaN or infinite (counted in train/skipped_steps). The local
+    learner keeps a copy of the trainable weights and AdamW state during each step for this, about 3x the trainable
+    parameters in memory; turn it off for full fine-tuning near the memory limit (non-finite gradients are still
+    skipped, and a checkpoint is never written from non-finite weights)."""
 
 
 @dataclass(frozen=True)
@@ -350,15 +359,39 @@ def from_dict(cls: type, data: Mapping[str, Any], *, base: Any = None, path: str
     return dataclasses.replace(base, **updates)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML preset; every failure is a ``ConfigError`` that names the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        what = "is a folder, not a YAML file" if p.is_dir() else "does not exist"
+        raise ConfigError(f"config file {p} {what}; presets live in configs/ (e.g. configs/demo_cpu.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {err.start}); save it with UTF-8 encoding") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {p}: YAML syntax error{where} ({problem}); check the indentation and the "
+                          "'key: value' form of that line") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: the top level is a {type(data).__name__}; a preset is a mapping of "
+                          "'key: value' lines (see configs/)")
+    return data
+
+
 def load_config(path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Read a YAML preset (or the defaults when ``path`` is None), apply dotted ``overrides``, validate."""
     cfg = RunConfig()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; presets live in configs/ (e.g. configs/demo_cpu.yaml)")
-        data = yaml.safe_load(p.read_text()) or {}
-        cfg = from_dict(RunConfig, data)
+        try:
+            cfg = from_dict(RunConfig, read_config_file(p))
+        except ConfigError as err:
+            raise ConfigError(str(err) if str(p) in str(err) else f"{p}: {err}") from None
     if overrides:
         cfg = from_dict(RunConfig, nest_dotted(overrides), base=cfg)
     validate(cfg)
@@ -390,8 +423,27 @@ def dump_yaml(cfg: Any) -> str:
 # validation
 
 
+def nonfinite_fields(cfg: Any, prefix: str = "") -> list[str]:
+    """One problem line for every float of the (nested) dataclass ``cfg`` that is NaN or infinite."""
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        where = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.extend(nonfinite_fields(value, where + "."))
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{where} must be a finite number (got {value}); give a plain number such as 0.5 or 1e-6")
+    return out
+
+
 def validate(cfg: RunConfig) -> None:
-    """Reject values and combinations that cannot work; every message names the fix. Raises ``ConfigError``."""
+    """Reject values and combinations that cannot work; every message names the fix. Raises ``ConfigError``.
+
+    Every float must be finite (NaN and infinities are reported first and alone: range checks cannot judge them).
+    """
+    nonfinite = nonfinite_fields(cfg)
+    if nonfinite:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(nonfinite))
     problems: list[str] = []
     add = problems.append
     m, e, r, a, t, o = cfg.model, cfg.env, cfg.rollout, cfg.algo, cfg.teacher, cfg.optim
@@ -410,6 +462,9 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.num_workers must be >= 0 (got {e.num_workers}); 0 steps environments in-process")
     if e.step_timeout_s <= 0:
         add(f"env.step_timeout_s must be > 0 (got {e.step_timeout_s})")
+    if e.retriever_url and (e.name != "search" or not e.retriever_url.startswith(("http://", "https://"))):
+        add(f"env.retriever_url={e.retriever_url!r} needs env.name=search and an http(s):// URL, e.g. "
+            "http://127.0.0.1:8000/retrieve (`sdar retriever serve`)")
     if e.invalid_penalty < 0:
         add(f"env.invalid_penalty is subtracted from rewards and must be >= 0 (got {e.invalid_penalty})")
     if e.win_reward is not None and e.win_reward <= 0:
@@ -464,6 +519,10 @@ def validate(cfg: RunConfig) -> None:
         add("algo.method='opsd' is the distillation term alone; leave algo.pg_coef unset or use algo.method=sdar")
     if r.view == "conversation" and a.advantage == "gigpo":
         add("algo.advantage=gigpo needs per-turn rows; set rollout.view=per_turn")
+    if a.gigpo_omega < 0:
+        add(f"algo.gigpo_omega weighs the step-level advantage and must be >= 0 (got {a.gigpo_omega})")
+    if not 0 <= a.gigpo_gamma <= 1:
+        add(f"algo.gigpo_gamma is a discount and must be in [0, 1] (got {a.gigpo_gamma})")
     if a.mismatch_cap < 1:
         add(f"algo.mismatch_cap must be >= 1 (got {a.mismatch_cap}); verl uses 2")
     if a.old_logprobs == "rollout" and a.mismatch_correction in ("tis", "mis"):
@@ -479,6 +538,10 @@ def validate(cfg: RunConfig) -> None:
 
     if o.lr is not None and o.lr <= 0:
         add(f"optim.lr must be > 0 (got {o.lr})")
+    elif o.lr is not None and o.lr >= 1:
+        add(f"optim.lr must be < 1 (got {o.lr}); the method defaults are 1e-6 to 1e-5 (`sdar methods`)")
+    if o.weight_decay < 0:
+        add(f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
     if not 0 <= o.warmup_ratio < 1:
         add(f"optim.warmup_ratio must be in [0, 1) (got {o.warmup_ratio})")
     if o.ppo_epochs < 1:

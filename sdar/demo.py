@@ -2,7 +2,10 @@
 
 The default preset trains the testbed policy (a small model warm-started on the built-in game, shipped in
 ``assets/testbed_warmstart``) with SDAR for a few minutes, evaluating a fixed held-out panel before training and every
-few steps, and ends with the success rate before and after and a PNG learning curve (``sdar report``)."""
+few steps, and ends with the success rate before and after and a PNG learning curve (``sdar report``).
+
+Each demo starts afresh: the run files of an earlier demo in the same folder (config, metrics, checkpoints, report)
+are deleted first, as ``sdar train --overwrite`` does; a folder that holds anything else is refused."""
 
 from __future__ import annotations
 
@@ -66,7 +69,8 @@ def run_report(cfg: RunConfig, seconds: float) -> str:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="sdar demo", description="Short CPU training run with a report.")
     parser.add_argument("--config", default=DEFAULT_PRESET, help=f"preset to run (default {DEFAULT_PRESET})")
-    parser.add_argument("--out-dir", default=None, help="run folder (default: the preset's)")
+    parser.add_argument("--out-dir", default=None, help="run folder (default: the preset's); an earlier demo's files "
+                        "in it are replaced")
     args = parser.parse_args(list(argv))
     from sdar.config import load_config
     from sdar.models import KNOWN_MODELS, prepare_model
@@ -78,7 +82,7 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write(f"preparing {cfg.model.name} (converted once, then cached)...\n")
         prepare_model(cfg.model.name)
     t0 = time.perf_counter()
-    train(cfg)
+    train(cfg, folder="overwrite")  # a second demo replaces the first instead of appending to it
     report = run_report(cfg, time.perf_counter() - t0)
     try:  # plots need matplotlib (part of the dev and report extras)
         from sdar.report import write_report

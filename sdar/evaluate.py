@@ -449,7 +449,9 @@ def read_result(path: str | Path) -> EvalResult:
     p = Path(path)
     if p.is_dir():
         p = p / EVAL_FILE
-    return EvalResult.from_json(json.loads(p.read_text()))
+    from sdar.errors import read_json
+
+    return EvalResult.from_json(read_json(p, what="evaluation result"))
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -532,6 +534,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output folder for eval.json and eval.md "
                    "(default: <run>/eval/<checkpoint>, or runs/eval/<label> for a base model)")
     p.add_argument("--label", default=None, help="row name in tables (default: method, vanilla or skill_prompt)")
+    p.add_argument("--overwrite", action="store_true", help="replace the eval.json and eval.md of an earlier "
+                   "evaluation in the output folder (without it a non-empty output folder is refused)")
     return p
 
 
@@ -556,7 +560,7 @@ def _resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> tupl
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``sdar eval``; returns the exit status."""
-    known = ("config", "seeds", "eval-with-skills", "out", "label")
+    known = ("config", "seeds", "eval-with-skills", "out", "label", "overwrite")
     parser = _build_parser()
     try:
         rest, overrides = parse_overrides(list(argv), known)
@@ -578,6 +582,13 @@ def main(argv: Sequence[str]) -> int:
         out = run_dir / "eval" / (ckpt.name + ("_skills" if with_skills else ""))
     else:
         out = Path("runs") / "eval" / label
+    from sdar.runfolder import EVAL_LAYOUT, prepare_folder
+
+    try:
+        prepare_folder(out, EVAL_LAYOUT, mode="overwrite" if args.overwrite else "new")
+    except ConfigError as e:
+        sys.stderr.write(f"{e}\n")
+        return 2
     cfg = eval_config(cfg, out_dir=out, eval_with_skills=with_skills)
     result = evaluate_model(cfg, checkpoint=ckpt, seeds=args.seeds, label=label)
     js, md = write_result(result, out)

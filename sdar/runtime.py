@@ -335,6 +335,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         autocast_dtype=autocast,
         seed=cfg.seed,
+        **({} if strategy == "fsdp" else {"rollback_nonfinite": cfg.optim.rollback_nonfinite}),
     )
     generator = build_generator(cfg, rollout_copy if rollout_copy is not None else inner_model(learner.policy_module),
                                 tokenizer)  # rollout.backend: hf samples with the policy object, vllm holds a copy
@@ -360,7 +361,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     teacher_key = cfg.teacher.source if (spec.needs_teacher and cfg.teacher.source != "none") else None
     student_key = "skills" if method.student_sees_skills else None
     make_env = make_env_factory(cfg.env.name, max_turns=cfg.env.max_turns, win_reward=cfg.env.win_reward,
-                                data_dir=cfg.env.data_dir)
+                                data_dir=cfg.env.data_dir, retriever_url=cfg.env.retriever_url)
     pool = None
     if cfg.env.num_workers > 0:
         from sdar.envs.pool import ProcessEnvPool

@@ -24,16 +24,18 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from sdar.algo.logprobs import hidden_token_logprobs
+from sdar.atomic import clean_leftovers, new_tmp_dir, replace_dir, write_text_atomic
 from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
 from sdar.learner.local import lr_at
 from sdar.learner.packing import PackedMicroBatch, choose_layout, make_micro_batches
@@ -569,25 +571,41 @@ class SFTConfig:
     """Also measure the trained model with the privileged text in every prompt (how much the context helps)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_tasks", "epochs", "batch_rows", "batch_tokens", "max_turns", "max_prompt_tokens",
-                     "eval_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("history_length", "eval_tasks", "train_layers", "warmup_steps", "num_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.eval_temperature < 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0 and eval_temperature, weight_decay >= 0")
-        if not 0 <= self.privileged_fraction <= 1:
-            raise ValueError(f"privileged_fraction must be in [0, 1], got {self.privileged_fraction}")
+        from sdar.sft_cli import checks_enabled, sft_config_problems
+
+        problems = sft_config_problems(self) if checks_enabled() else []
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _check_out_dir(folder: Path) -> None:
+    """Refuse to replace a non-empty folder that is not a saved model (it would be swapped out as a whole)."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; out_dir must be a folder")
+    if folder.is_dir() and not (folder / "config.json").is_file() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files but no saved model (no config.json); saving would replace the "
+                              "folder as a whole: choose an empty or new out_dir")
 
 
 def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
-    """``save_pretrained`` the model and tokenizer into ``out_dir`` (``load_model``/``load_tokenizer`` read it)."""
+    """``save_pretrained`` the model and tokenizer as the folder ``out_dir`` (``load_model`` reads it back).
+
+    The files are written into a hidden sibling folder, flushed to disk and renamed into place
+    (:func:`sdar.atomic.replace_dir`), so a crash while saving leaves the previous model (or no folder), never a
+    half-written one. An existing model folder is replaced as a whole; a non-empty folder that holds no model is
+    refused (``FileExistsError``).
+    """
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    _check_out_dir(folder)
+    clean_leftovers(folder.parent, writer=True, only=folder.name)  # from an earlier save that was killed
+    tmp = new_tmp_dir(folder)
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 
@@ -603,6 +621,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     from sdar.hardware import cpu_description, resolve_autocast
     from sdar.models import load_model, load_tokenizer
 
+    _check_out_dir(Path(cfg.out_dir))  # before the work, not after it
     torch.manual_seed(cfg.seed)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -676,58 +695,15 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - began,
         "model_dir": str(folder),
     }
-    (folder / "sft_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(folder / "sft_report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Pull ``--config FILE`` / ``--config=FILE`` out of ``argv``."""
-    rest, config, it = [], None, iter(argv)
-    for arg in it:
-        if arg == "--config":
-            config = next(it, None)
-            if config is None:
-                raise SystemExit("sdar sft: --config needs a YAML file, e.g. --config configs/sft/smollm2.yaml")
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return config, rest
-
-
-def _summary(report: dict[str, Any]) -> Iterator[str]:
-    for name in ("before", "after", "after_privileged"):
-        m = report.get(name)
-        if m is not None:
-            yield (f"{name.replace('_', ' ')}: valid-action rate {m['valid_action_rate']:.3f}  success rate {m['success_rate']:.3f}  "
-                   f"format rate {m['format_rate']:.3f}  ({int(m['episodes'])} episodes, {m['mean_turns']:.1f} "
-                   f"turns each)\n")
-    yield f"model saved to {report['model_dir']} (report: {report['model_dir']}/sft_report.json)\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``sdar sft [--config FILE] [--option VALUE ...]``: parse an ``SFTConfig``, run it, print before/after rates."""
-    import tyro
-    import yaml
+    """``sdar sft``: parse the command line, run :func:`run_sft`, print the rates (see :func:`sdar.sft_cli.main`)."""
+    from sdar.sft_cli import main as cli_main
 
-    from sdar.config import ConfigError, from_dict
-
-    config_path, rest = _split_config(list(sys.argv[1:] if argv is None else argv))
-    base = SFTConfig()
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise SystemExit(f"sdar sft: config file {path} does not exist (presets live in configs/)")
-        try:
-            base = from_dict(SFTConfig, yaml.safe_load(path.read_text()) or {})
-        except (ConfigError, ValueError) as e:
-            raise SystemExit(f"sdar sft: {path}: {e}") from None
-    cfg = tyro.cli(SFTConfig, default=base, args=rest, prog="sdar sft",
-                   description="Options override the preset given with --config FILE (YAML); defaults are shown.")
-    report = run_sft(cfg)
-    for line in _summary(report):
-        sys.stdout.write(line)
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,8 @@ from sdar.metrics import RolloutProgress, StageTimer
 from sdar.prompts.parse import normalize_action
 from sdar.records import Trajectory
 from sdar.rollout.collect import collect_episodes
+from sdar.runfolder import (LOSS_SPEC_FILE, TRAIN_LAYOUT, FolderMode, RunFolderError, check_resume, launcher_rank,
+                            loss_spec_yaml, prepare_folder)
 from sdar.runtime import Runtime, build_runtime, episode_requests, resolve_spec, settled_retrievals
 from sdar.stats import (action_token_mask, delta_sample, episode_scores, gap_by_agreement, gap_by_position,
                         gap_by_turn, gap_on_tokens, rollout_metrics, row_scores, sample_turns_text)
@@ -202,20 +204,82 @@ def evaluate(rt: Runtime, step: int) -> dict[str, float]:
     return {k.replace("rollout/", "eval/"): v for k, v in m.items()}
 
 
+def nonfinite_weights(module: torch.nn.Module, limit: int = 3) -> list[str]:
+    """Names of up to ``limit`` parameters of ``module`` that hold NaN or infinity (this process's shards under
+    FSDP); one device sync."""
+    named = [(name, p.to_local() if hasattr(p, "to_local") else p) for name, p in module.named_parameters()]
+    if not named:
+        return []
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok][:limit]
+
+
 def _save(rt: Runtime, step: int) -> None:
+    """Checkpoint the learner and the run state; refuses (on every rank) to write weights that are not finite.
+
+    Raises:
+        NonFiniteWeightsError: when a weight is NaN or infinite; the previous checkpoint stays the latest.
+    """
+    bad = nonfinite_weights(rt.learner.policy_module)
+    if not rt.dp.every(not bad):
+        from sdar.errors import NonFiniteWeightsError
+        from sdar.learner.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(rt.ckpt_dir)
+        raise NonFiniteWeightsError(
+            f"after step {step} the weights are not finite ({', '.join(bad) or 'on another rank'}); no checkpoint "
+            f"was written, the latest is {last if last is not None else 'none'}. Lower optim.lr or optim.grad_clip, "
+            "or keep optim.rollback_nonfinite on")
     extra: dict[str, Any] = {"next_step": step + 1, "config": json.loads(json.dumps(dataclasses.asdict(rt.cfg)))}
     if rt.retriever is not None and hasattr(rt.retriever, "state_dict"):
         extra["retriever"] = rt.retriever.state_dict()
     save_run_checkpoint(rt.learner, rt.ckpt_dir, step=step, extra=extra, keep_last=rt.cfg.keep_checkpoints, dp=rt.dp)
 
 
-def train(cfg: RunConfig) -> dict[str, float]:
-    """Run ``cfg.total_steps`` training steps (continuing from the last checkpoint with ``cfg.resume``)."""
+def prepare_run_folder(cfg: RunConfig, folder: FolderMode) -> None:
+    """Check (and with ``overwrite`` clear) ``cfg.out_dir`` before a run, and check a resume against the stored
+    config (rank 0 only; see :mod:`sdar.runfolder`).
+
+    Raises:
+        RunFolderError: when the folder cannot be used as asked or a resume changes a run-defining setting.
+    """
+    if launcher_rank() != 0:
+        return
+    if cfg.resume and folder == "overwrite":
+        raise RunFolderError("--resume continues the run in out_dir and --overwrite deletes it; give only one")
+    mode: FolderMode = "reuse" if cfg.resume and folder == "new" else folder
+    prepare_folder(cfg.out_dir, TRAIN_LAYOUT, mode=mode, resume_option=True)
+    if cfg.resume:
+        check_resume(cfg.out_dir, cfg)
+
+
+def write_run_settings(cfg: RunConfig) -> None:
+    """``config.yaml`` (the resolved configuration) and ``loss_spec.yaml`` (the resolved loss) in the run folder."""
+    from sdar.algo.methods import get_method
+
+    out = Path(cfg.out_dir)
+    lr = cfg.optim.lr if cfg.optim.lr is not None else get_method(cfg.algo.method).lr
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    (out / LOSS_SPEC_FILE).write_text(loss_spec_yaml(cfg, resolve_spec(cfg), lr))
+
+
+def train(cfg: RunConfig, *, folder: FolderMode = "reuse") -> dict[str, float]:
+    """Run ``cfg.total_steps`` training steps (continuing from the last checkpoint with ``cfg.resume``).
+
+    Args:
+        folder: What to do with files already in ``cfg.out_dir``: ``new`` refuses them unless ``cfg.resume``
+            (`sdar train`), ``overwrite`` deletes the run files first (`sdar train --overwrite`, `sdar demo`),
+            ``reuse`` writes into the folder as it is (library calls, `sdar compare`'s own run folders). With
+            ``cfg.resume`` the stored config.yaml must agree on every run-defining setting
+            (:data:`sdar.runfolder.RESUME_MAY_CHANGE` lists the others).
+    """
+    prepare_run_folder(cfg, folder)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = build_runtime(cfg)  # joins the process group under torchrun; rank 0 alone writes files
     if rt.dp.is_main:
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+        write_run_settings(cfg)
     start = 0
     if cfg.resume:
         extra = load_run_checkpoint(rt.learner, rt.ckpt_dir, dp=rt.dp)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sdar.config import ConfigError
 from sdar.envs import TaskSpec, ToyTextEnv
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.envs.toy import expert_action
@@ -313,12 +314,13 @@ def test_config_rejects_bad_values(tmp_path, capsys) -> None:
         SFTConfig(epochs=0)
     with pytest.raises(ValueError, match="train_layers"):
         SFTConfig(train_layers=-1)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
         main(["--model", "tiny-random", "--epochs", "0"])
-    assert "epochs must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        main(["--model", "tiny-random", "--lr", "inf"])
     preset = tmp_path / "p.yaml"
     preset.write_text("epoch: 2\n")
-    with pytest.raises(SystemExit, match="did you mean 'epochs'"):
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         main(["--config", str(preset)])
 
 

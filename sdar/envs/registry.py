@@ -21,13 +21,18 @@ def default_win_reward(name: str) -> float:
 
 
 def make_env_factory(
-    name: str, *, max_turns: int = 50, win_reward: float | None = None, data_dir: str | None = None
+    name: str, *, max_turns: int = 50, win_reward: float | None = None, data_dir: str | None = None,
+    retriever_url: str | None = None,
 ) -> EnvFactory:
     """A zero-argument, picklable callable that builds one fresh environment instance of ``name``.
 
-    ``win_reward=None`` takes the environment's default (``default_win_reward``)."""
+    ``win_reward=None`` takes the environment's default (``default_win_reward``). ``retriever_url`` (Search-QA
+    only) makes the environments query that ``/retrieve`` server instead of an in-process index."""
     if win_reward is None:
         win_reward = default_win_reward(name)
+    if retriever_url and name != "search":
+        raise ValueError(f"retriever_url is for the search environment only, not {name!r}; leave env.retriever_url "
+                         "unset")
     if name == "toy":
         from sdar.envs.toy import ToyTextEnv
 
@@ -44,7 +49,8 @@ def make_env_factory(
     if name == "search":
         from sdar.envs.search import make_search_env_factory
 
-        return make_search_env_factory(data_dir=data_dir, max_turns=max_turns, win_reward=win_reward)
+        return make_search_env_factory(data_dir=data_dir, max_turns=max_turns, win_reward=win_reward,
+                                       retriever_url=retriever_url)
     raise _unavailable(name)
 
 

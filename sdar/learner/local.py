@@ -7,7 +7,8 @@ Differences from verl's actor (``dp_actor.py``):
 - The lr schedule advances once per :meth:`LocalLearner.train_step` (as verl's scheduler does once per actor
   update), and warm-up step ``k`` (0-based) uses ``lr * (k + 1) / warmup_steps``, so the first update is not spent
   at lr 0 as in verl/transformers' ``k / warmup_steps``.
-- A step whose loss or gradient norm is not finite is skipped (gradients dropped) instead of applied.
+- A step whose loss or gradient norm is not finite is skipped (gradients dropped) instead of applied, and a step
+  that leaves a weight non-finite is rolled back to the weights and AdamW state before it (``rollback_nonfinite``).
 - The auxiliary full-vocabulary ``divergence`` term is not supported (it needs ``[N, A, V]`` teacher log-probs).
 """
 
@@ -123,6 +124,9 @@ class LocalLearner:
         gradient_checkpointing: Recompute decoder activations in the backward pass.
         autocast_dtype: e.g. ``torch.bfloat16`` to run forward passes under autocast; None = the model's dtype.
         seed: Seed of the mini-batch shuffling generator.
+        rollback_nonfinite: Copy the trainable weights and the optimizer state before each optimizer step and
+            restore them when the step leaves a weight NaN or infinite (the step then counts as skipped). Costs
+            about three times the trainable parameters in memory during the step.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class LocalLearner:
         gradient_checkpointing: bool = False,
         autocast_dtype: torch.dtype | None = None,
         seed: int = 0,
+        rollback_nonfinite: bool = True,
     ) -> None:
         if ppo_epochs < 1:
             raise ValueError(f"ppo_epochs must be >= 1, got {ppo_epochs}")
@@ -170,6 +175,7 @@ class LocalLearner:
         self.micro_batch_tokens, self.layout = micro_batch_tokens, layout
         self.logprob_chunk, self.temperature = logprob_chunk, temperature
         self.autocast_dtype = autocast_dtype
+        self.rollback_nonfinite = rollback_nonfinite
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the policy model has no trainable parameters (requires_grad is False everywhere)")
@@ -404,15 +410,47 @@ class LocalLearner:
         if math.isfinite(loss) and math.isfinite(values[0]):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            before = self._snapshot() if self.rollback_nonfinite else None
             self.optimizer.step()
-            self.optimizer_steps += 1
-            out["train/skipped"] = 0.0
+            if before is not None and not self._weights_finite():
+                self._restore(before)
+                self.skipped_steps += 1
+                out["train/skipped"] = 1.0
+                logger.warning("the optimizer step left a weight NaN or infinite: rolled back to the weights and "
+                               "optimizer state before it (lower optim.lr?)")
+            else:
+                self.optimizer_steps += 1
+                out["train/skipped"] = 0.0
         else:
             self.skipped_steps += 1
             out["train/skipped"] = 1.0
             logger.warning("non-finite loss %.4g or grad norm %.4g: optimizer step skipped", loss, values[0])
         self.optimizer.zero_grad(set_to_none=True)
         return out
+
+    @torch.no_grad()
+    def _snapshot(self) -> tuple[list[Tensor], dict[int, dict[str, Any]]]:
+        """Copies of the trainable weights and of their optimizer state (keyed by position in ``self.params``)."""
+        weights = [p.detach().clone() for p in self.params]
+        state = {i: {k: v.clone() if isinstance(v, Tensor) else v for k, v in self.optimizer.state[p].items()}
+                 for i, p in enumerate(self.params) if p in self.optimizer.state}
+        return weights, state
+
+    @torch.no_grad()
+    def _restore(self, snapshot: tuple[list[Tensor], dict[int, dict[str, Any]]]) -> None:
+        """Put back what :meth:`_snapshot` copied (weights in place: the model and generator keep their tensors)."""
+        weights, state = snapshot
+        for i, (p, saved) in enumerate(zip(self.params, weights)):
+            p.copy_(saved)
+            if i in state:
+                self.optimizer.state[p] = state[i]
+            else:
+                self.optimizer.state.pop(p, None)
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """Every trainable weight is finite (one device sync)."""
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
 
     def _mini_batches(self, n: int) -> list[list[int]]:
         """Shuffled row indices cut into optimizer mini-batches (one list per epoch per mini-batch)."""

@@ -96,6 +96,9 @@ def _read_mapping(folder: Path) -> dict[str, Any]:
                     f"Create {MAPPING_FILE} with the keys {list(REQUIRED_KEYS)} (see sdar/skills/library.py)")
     try:
         raw = json.loads(mapping_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise _fail(mapping_path, None, f"the file is not UTF-8 text (byte {err.start}: {err.reason})",
+                    "Save it with UTF-8 encoding") from None
     except json.JSONDecodeError as err:
         raise _fail(mapping_path, None, f"invalid JSON at line {err.lineno} column {err.colno} ({err.msg})",
                     "Fix the JSON syntax") from err
@@ -119,7 +122,11 @@ def _read_skill_file(folder: Path, mapping_path: Path, key: str, name: str, file
     if not path.is_file():
         raise _fail(mapping_path, key, f"entry {name!r} refers to {file_name!r}, which does not exist in {folder}",
                     "Add the file or correct the file name")
-    text = path.read_text(encoding="utf-8").strip()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise _fail(path, key, f"skill file of entry {name!r} is not UTF-8 text (byte {err.start}: {err.reason})",
+                    "Save it with UTF-8 encoding") from None
     if not text:
         raise _fail(path, key, f"skill file of entry {name!r} is empty", "Write the skill text or drop the entry")
     return SkillFile(name=name, text=text, path=path)

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from sdar.errors import read_json
+
 __all__ = [
     "CATEGORIES",
     "DEFAULT_SEED",
@@ -546,8 +548,8 @@ def load_catalog(folder: Path | str) -> Catalog:
             raise FileNotFoundError(
                 f"{folder / name} does not exist; write a catalogue there with "
                 "sdar.envs.webshop.write_catalog(folder, generate_catalog(seed))")
-    raw_products = json.loads((folder / PRODUCTS_FILE).read_text(encoding="utf-8"))
-    raw_goals = json.loads((folder / GOALS_FILE).read_text(encoding="utf-8"))
+    raw_products = read_json(folder / PRODUCTS_FILE, what="WebShop catalogue")
+    raw_goals = read_json(folder / GOALS_FILE, what="WebShop goal file")
     products = tuple(Product(**{k: _tuples(v) for k, v in p.items()}) for p in raw_products["products"])
     goals = {split: tuple(Goal(**{k: _tuples(v) for k, v in g.items()}) for g in items)
              for split, items in raw_goals.items()}
