@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sdar demo --config configs/demo_cpu.yaml
+	$(VENV)/bin/sdar demo --config configs/testbed/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -2,8 +2,10 @@
 same run with learning switched off must not.
 
 The warm start (``assets/testbed_warmstart``, written by ``sdar sft --config configs/testbed/sft.yaml``) is a small
-model trained from scratch on the built-in game; RL here is GRPO on pick-and-place tasks, 8 turns at most. Success is
-measured on a fixed held-out panel before training and after the last step (the run's own ``eval/success``).
+model trained from scratch on pick-and-place tasks of the built-in game. Its first move there is to walk the room in
+the order it is listed, so on ``go_to`` tasks ("go to the desk.", one turn) it succeeds only about a fifth of the time:
+a skill GRPO can teach in a few dozen steps of 16 episodes (about half a second each on 2 cores). Success is measured on
+a fixed held-out panel of 64 tasks before training and after the last step (the run's own ``eval/success``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "testbed" / "rl.yaml"
 WARM_START = ROOT / "assets" / "testbed_warmstart"
 STEPS = 24
-MARGIN = 0.15
+MARGIN = 0.3
 """Success must rise by at least this much (absolute, on the 64-task panel) for the learning run."""
 
 
@@ -28,6 +30,8 @@ def _run(tmp_path: Path, **overrides: object) -> tuple[float, float]:
     cfg = load_config(PRESET, overrides={
         "model.name": str(WARM_START), "out_dir": str(tmp_path), "total_steps": STEPS, "eval_every": STEPS,
         "eval_at_start": True, "save_every": STEPS, "algo.method": "grpo", "algo.kl_coef": 0.0, "seed": 0,
+        "env.task_types": ["go_to"], "env.max_turns": 1, "env.invalid_rule": "format",
+        "rollout.tasks_per_step": 4, "optim.lr": 3e-4,
         "log.progress": False, "log.delta_samples": 0, "log.tensorboard": False, **overrides})
     train(cfg)
     evals = [r for r in load_rows(tmp_path) if "eval/success" in r]
