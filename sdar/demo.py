@@ -45,7 +45,7 @@ def run_report(cfg: RunConfig, seconds: float) -> str:
     evals = [r for r in rows if r.get("eval/success") is not None]
     lines = [
         f"sdar run report — {cfg.algo.method} on {cfg.env.name} with {cfg.model.name}",
-        f"  steps trained        : {len(rows)} (seed {cfg.seed}, {cfg.rollout.tasks_per_step} tasks x "
+        f"  steps trained        : {sum(1 for r in rows if int(r.get('step', 0)) >= 0)} (seed {cfg.seed}, {cfg.rollout.tasks_per_step} tasks x "
         f"{cfg.rollout.group_size} episodes per step)",
         f"  wall time            : {seconds / 60:.1f} min",
         f"  reward (first->last) : {_fmt(rows, 'rollout/reward')}",
