@@ -41,8 +41,16 @@ class ModelConfig:
     name: str = "tiny-random"
     """Policy model: a Hugging Face id (e.g. Qwen/Qwen2.5-3B-Instruct), a local folder, the alias smollm2-135m
     (run `sdar model prepare smollm2-135m` once), or tiny-random (a 30k-parameter random model for smoke runs)."""
+    precision: Literal["auto", "fp32", "mixed_bf16", "pure_bf16"] = "auto"
+    """Training precision. mixed_bf16: fp32 master weights and AdamW state, forward/backward (and rollout
+    sampling) in bf16 (autocast; FSDP2 gathers bf16 parameters over fp32 shards and reduces gradients in fp32).
+    fp32: fp32 throughout. pure_bf16: bf16 weights and optimizer state (half the memory, but updates below half a
+    bf16 step, e.g. most lr-1e-6 steps, round away; logs a warning). auto = mixed_bf16 on GPUs with bf16 support
+    and on CPUs where bf16 autocast was measured fast (sdar.hardware), fp32 otherwise."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Parameter dtype; auto = bfloat16 on GPUs that support it, float32 otherwise."""
+    """Older way to pick the weights' dtype, kept for existing configs: auto and float32 leave the choice to
+    model.precision (whose every mode but pure_bf16 keeps fp32 weights), bfloat16 means precision pure_bf16. The
+    vLLM backend's engine dtype still follows it (auto = bf16 on GPUs)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     enable_thinking: bool | None = None
@@ -436,6 +444,26 @@ def nonfinite_fields(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def combine_with_dtype(precision: str, dtype: str) -> str:
+    """The precision setting implied by ``model.precision`` together with the older ``model.dtype``.
+
+    ``model.dtype`` only picks the weights' dtype: ``float32`` is what ``auto`` keeps anyway, ``bfloat16`` means
+    ``pure_bf16``. A combination that contradicts itself raises ``ValueError``.
+    """
+    if dtype == "auto":
+        return precision
+    if dtype == "float32":
+        if precision == "pure_bf16":
+            raise ValueError("model.dtype=float32 contradicts model.precision=pure_bf16; drop model.dtype")
+        return precision
+    if dtype == "bfloat16":
+        if precision not in ("auto", "pure_bf16"):
+            raise ValueError(f"model.dtype=bfloat16 (bf16 weights) contradicts model.precision={precision}, which "
+                             "keeps fp32 weights; drop model.dtype")
+        return "pure_bf16"
+    raise ValueError(f"model.dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject values and combinations that cannot work; every message names the fix. Raises ``ConfigError``.
 
@@ -450,6 +478,10 @@ def validate(cfg: RunConfig) -> None:
 
     if not m.name:
         add("model.name is empty; give a Hugging Face id, a local folder, smollm2-135m or tiny-random")
+    try:
+        combine_with_dtype(m.precision, m.dtype)
+    except ValueError as err:
+        add(str(err))
     if e.name not in AVAILABLE_ENVS:
         add(f"env.name={e.name!r} is not available in this version; use one of {list(AVAILABLE_ENVS)}")
     if e.max_turns < 1:

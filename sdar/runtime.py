@@ -16,7 +16,7 @@ import torch
 
 from sdar.algo.correction import resolve_correction, resolve_old_logprobs
 from sdar.algo.methods import LossSpec, get_method, resolve_loss
-from sdar.config import RunConfig
+from sdar.config import RunConfig, combine_with_dtype
 from sdar.data.hints import corrupt_plan, hint_is_corrupted
 from sdar.data.tokenize import TeacherPrompts
 from sdar.distributed import DataParallel, resolve_strategy
@@ -24,6 +24,7 @@ from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.learner.packing import choose_layout
 from sdar.metrics import MultiSink, ProgressLine, build_sinks
+from sdar.precision import resolve_precision
 from sdar.records import EnvInfo, Trajectory, Turn
 from sdar.rollout.collect import CollectSettings, EpisodeRequest
 from sdar.rollout.generator import SamplingParams
@@ -279,8 +280,9 @@ def rollout_logprob_gaps(cfg: RunConfig, *, generator_is_policy: bool, autocast:
         gaps.append("top-k/top-p sampling renormalises the sampled distribution")
     if r.view == "conversation":
         gaps.append("conversation rows give more context than the per-turn prompts the generator saw")
-    if autocast:
-        gaps.append("the learner scores under bf16 autocast, the generator in the model's dtype")
+    if autocast:  # both sample and score under the same autocast, but decoding one token at a time from a KV
+        # cache rounds differently from scoring the whole sequence at once
+        gaps.append("bf16 autocast rounds incremental sampling and whole-sequence scoring differently")
     return gaps
 
 
@@ -300,7 +302,11 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     spec = resolve_spec(cfg)
     method = get_method(cfg.algo.method)
     tokenizer = load_tokenizer(cfg.model.name)
-    model = load_model(cfg.model.name, dtype=cfg.model.dtype, device=str(device),
+    plan = resolve_precision(combine_with_dtype(cfg.model.precision, cfg.model.dtype), device,
+                             lr=cfg.optim.lr if cfg.optim.lr is not None else method.lr)
+    log.info("precision %s: %s weights and optimizer state, %s compute", plan.name,
+             str(plan.weight_dtype).removeprefix("torch."), str(plan.compute_dtype).removeprefix("torch."))
+    model = load_model(cfg.model.name, dtype=plan.load_dtype, device=str(device),
                        gradient_checkpointing=False, attn_implementation=cfg.model.attn_implementation)
     reference = None
     if cfg.model.lora_rank > 0:  # the reference is the policy with its adapter off: no second copy
@@ -309,8 +315,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         reference = AdapterOffReference(model) if spec.needs_reference else None
     elif spec.needs_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    autocast = torch.bfloat16 if (device.type == "cuda" and torch.cuda.is_bf16_supported()
-                                  and next(model.parameters()).dtype == torch.float32) else None
+    autocast = plan.autocast_dtype
     # FSDP shards the policy in place: the generator samples with its own full copy, refreshed after every update
     rollout_copy = copy.deepcopy(model).eval().requires_grad_(False) if strategy == "fsdp" else None
     learner_cls: Any = LocalLearner
@@ -335,10 +340,11 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         autocast_dtype=autocast,
         seed=cfg.seed,
-        **({} if strategy == "fsdp" else {"rollback_nonfinite": cfg.optim.rollback_nonfinite}),
+        **({"param_dtype": plan.fsdp_param_dtype} if strategy == "fsdp"
+           else {"rollback_nonfinite": cfg.optim.rollback_nonfinite}),
     )
     generator = build_generator(cfg, rollout_copy if rollout_copy is not None else inner_model(learner.policy_module),
-                                tokenizer)  # rollout.backend: hf samples with the policy object, vllm holds a copy
+                                tokenizer, autocast_dtype=autocast)  # rollout.backend: hf samples with the policy object, vllm holds a copy
     shared = getattr(generator, "model", None) is inner_model(learner.policy_module)
     correction = resolve_correction(cfg.algo.mismatch_correction, generator_is_policy=shared)
     gaps = rollout_logprob_gaps(cfg, generator_is_policy=shared, autocast=autocast is not None)

@@ -587,8 +587,11 @@ def _check_out_dir(folder: Path) -> None:
                               "folder as a whole: choose an empty or new out_dir")
 
 
-def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
     """``save_pretrained`` the model and tokenizer as the folder ``out_dir`` (``load_model`` reads it back).
+
+    ``dtype`` (e.g. ``torch.bfloat16``) writes the floating-point weights in that dtype, for serving a model trained
+    with fp32 master weights at half the size; the model in memory is left as it is. None = as stored.
 
     The files are written into a hidden sibling folder, flushed to disk and renamed into place
     (:func:`sdar.atomic.replace_dir`), so a crash while saving leaves the previous model (or no folder), never a
@@ -600,13 +603,26 @@ def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     clean_leftovers(folder.parent, writer=True, only=folder.name)  # from an earlier save that was killed
     tmp = new_tmp_dir(folder)
     try:
-        model.save_pretrained(str(tmp))
+        if dtype is None:
+            model.save_pretrained(str(tmp))
+        else:
+            _save_cast(model, tmp, dtype)
         tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _save_cast(model: Any, folder: Path, dtype: torch.dtype) -> None:
+    """``save_pretrained`` with the floating-point tensors cast to ``dtype`` and the config saying so."""
+    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(str(folder), state_dict=state)
+    path = folder / "config.json"  # transformers records the in-memory parameters' dtype there
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _cycle(tasks: Sequence[TaskSpec], n: int) -> list[TaskSpec]:

@@ -7,10 +7,11 @@ from typing import Any
 __all__ = ["build_generator"]
 
 
-def build_generator(cfg: Any, policy: Any, tokenizer: Any) -> Any:
+def build_generator(cfg: Any, policy: Any, tokenizer: Any, *, autocast_dtype: Any = None) -> Any:
     """The rollout generator named by ``cfg.rollout.backend``.
 
-    ``hf``: an ``HFGenerator`` sampling with ``policy`` itself. ``vllm``: a ``VLLMGenerator`` started on the model
+    ``hf``: an ``HFGenerator`` sampling with ``policy`` itself, under ``torch.autocast(autocast_dtype)`` when given
+    (the learner's autocast, so sampling and scoring compute alike). ``vllm``: a ``VLLMGenerator`` started on the model
     folder of ``cfg.model.name`` in ``cfg.model.dtype``; it holds its own weights (so the mismatch correction
     applies) and is refreshed through ``load_weights`` after every update.
 
@@ -22,7 +23,7 @@ def build_generator(cfg: Any, policy: Any, tokenizer: Any) -> Any:
     if backend == "hf":
         from sdar.rollout.hf import HFGenerator
 
-        return HFGenerator(policy, tokenizer, batch_size=cfg.rollout.batch_size)
+        return HFGenerator(policy, tokenizer, batch_size=cfg.rollout.batch_size, autocast_dtype=autocast_dtype)
     if backend != "vllm":
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {backend!r}")
     from sdar.rollout.vllm_engine import vllm_generator_for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Any, Iterable, Sequence
@@ -85,10 +86,13 @@ class HFGenerator:
     ``set_model`` swaps the model object.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
+        self.autocast_dtype = autocast_dtype
+        """Run the model under ``torch.autocast`` in this dtype (mixed precision: the learner's compute dtype)."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -136,8 +140,11 @@ class HFGenerator:
         self.model.eval()
         try:
             out: list[Sample] = []
-            for start in range(0, len(prompts), self.batch_size):
-                out.extend(self._generate_chunk(prompts[start : start + self.batch_size], params, generator))
+            with contextlib.ExitStack() as stack:
+                if self.autocast_dtype is not None:
+                    stack.enter_context(torch.autocast(device_type=self._device.type, dtype=self.autocast_dtype))
+                for start in range(0, len(prompts), self.batch_size):
+                    out.extend(self._generate_chunk(prompts[start : start + self.batch_size], params, generator))
             return out
         finally:
             self.model.train(was_training)
