@@ -340,8 +340,8 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         autocast_dtype=autocast,
         seed=cfg.seed,
-        **({"param_dtype": plan.fsdp_param_dtype} if strategy == "fsdp"
-           else {"rollback_nonfinite": cfg.optim.rollback_nonfinite}),
+        rollback_nonfinite=cfg.optim.rollback_nonfinite,
+        **({"param_dtype": plan.fsdp_param_dtype} if strategy == "fsdp" else {}),
     )
     generator = build_generator(cfg, rollout_copy if rollout_copy is not None else inner_model(learner.policy_module),
                                 tokenizer, autocast_dtype=autocast)  # rollout.backend: hf samples with the policy object, vllm holds a copy

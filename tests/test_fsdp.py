@@ -201,6 +201,25 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
     res[f"nan_skipped/rank{rank}"] = m["train/skipped_steps"]
     res["nan_weights_moved"] = _maxdiff(dict(restored.export_weights()), before)
 
+    # an update that leaves a weight NaN on rank 1 only: every rank rolls back (weights and AdamW state as before)
+    real_step = restored.optimizer.step
+
+    def poisoned_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if rank == 1:
+            with torch.no_grad():
+                restored.params[0].to_local().view(-1)[0] = float("nan")
+        return out
+
+    restored.optimizer.step = poisoned_step
+    before = dict(restored.export_weights())
+    m = restored.train_step(shard, spec=resolve_loss("grpo", kl_coef=0.0))
+    restored.optimizer.step = real_step
+    after_rollback = dict(restored.export_weights())
+    res[f"rollback_skipped/rank{rank}"] = m["train/skipped_steps"]
+    res["rollback_weights_moved"] = _maxdiff(after_rollback, before)
+    res["rollback_finite"] = float(all(bool(torch.isfinite(v).all()) for v in after_rollback.values()))
+
     # helpers: uneven keys, broadcast, and one failing rank makes every rank raise
     reduced = dist_util.all_reduce_metrics({"a": 1.0 + rank, f"only{rank}": 2.0}, op="sum")
     res["helper_reduce"] = float(reduced == {"a": 3.0, "only0": 2.0, "only1": 2.0})
@@ -315,6 +334,11 @@ def test_uneven_mini_batch_counts_step_together(res):
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(res):
     assert res["nan_skipped/rank0"] == 1.0 and res["nan_skipped/rank1"] == 1.0
     assert res["nan_weights_moved"] == 0.0
+
+
+def test_a_non_finite_update_on_one_rank_is_rolled_back_on_every_rank(res):
+    assert res["rollback_skipped/rank0"] == res["rollback_skipped/rank1"] == 1.0  # skipped in this train_step
+    assert res["rollback_weights_moved"] == 0.0 and res["rollback_finite"] == 1.0
 
 
 def test_distributed_helpers_and_failure_agreement(res):

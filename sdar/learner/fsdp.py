@@ -146,6 +146,7 @@ class FSDPLearner(LocalLearner):
         autocast_dtype: torch.dtype | None = None,
         seed: int = 0,
         param_dtype: torch.dtype | None = None,
+        rollback_nonfinite: bool = True,
         reshard_after_forward: bool = True,
         defer_grad_sync: bool = False,
         device: torch.device | str | None = None,
@@ -185,6 +186,7 @@ class FSDPLearner(LocalLearner):
             gradient_checkpointing=False,
             autocast_dtype=autocast_dtype,
             seed=seed,
+            rollback_nonfinite=rollback_nonfinite,
         )
         self._filler = make_micro_batches([_FILLER_ROW], max_tokens=micro_batch_tokens, layout=layout)[0]
         zeros = torch.zeros(1, 1)  # [1, 1]
@@ -349,15 +351,30 @@ class FSDPLearner(LocalLearner):
         if math.isfinite(loss) and math.isfinite(norm):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            before = self._snapshot() if self.rollback_nonfinite else None  # this rank's shards and their state
             self.optimizer.step()
-            self.optimizer_steps += 1
-            out["train/skipped"] = 0.0
+            if before is not None and not self._weights_finite():
+                self._restore(before)  # every rank rolls back together: the check is global
+                self.skipped_steps += 1
+                out["train/skipped"] = 1.0
+                logger.warning("the optimizer step left a weight NaN or infinite on some rank: rolled back to the "
+                               "weights and optimizer state before it (lower optim.lr?)")
+            else:
+                self.optimizer_steps += 1
+                out["train/skipped"] = 0.0
         else:
             self.skipped_steps += 1
             out["train/skipped"] = 1.0
             logger.warning("non-finite loss %.4g or grad norm %.4g: optimizer step skipped", loss, norm)
         self.optimizer.zero_grad(set_to_none=True)
         return out
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """Every trainable weight shard is finite on every rank (one all-reduce)."""
+        local = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in self.params)
+        flag = torch.tensor(1.0 if local else 0.0, device=self._device)
+        return float(dist_util.all_reduce_tensors({"finite": flag}, "min")["finite"]) > 0.5
 
     def _mini_batches(self, n: int) -> list[list[int]]:
         """This rank's shuffled mini-batches, padded with empty ones up to the busiest rank's count."""
