@@ -21,7 +21,7 @@ from sdar.train import train
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "testbed" / "rl.yaml"
 WARM_START = ROOT / "assets" / "testbed_warmstart"
-STEPS = 24
+STEPS = 32
 MARGIN = 0.3
 """Success must rise by at least this much (absolute, on the 64-task panel) for the learning run."""
 
@@ -31,7 +31,7 @@ def _run(tmp_path: Path, **overrides: object) -> tuple[float, float]:
         "model.name": str(WARM_START), "out_dir": str(tmp_path), "total_steps": STEPS, "eval_every": STEPS,
         "eval_at_start": True, "save_every": STEPS, "algo.method": "grpo", "algo.kl_coef": 0.0, "seed": 0,
         "env.task_types": ["go_to"], "env.max_turns": 1, "env.invalid_rule": "format",
-        "rollout.tasks_per_step": 4, "optim.lr": 3e-4,
+        "rollout.tasks_per_step": 4, "rollout.temperature": 1.0, "optim.lr": 3e-4,
         "log.progress": False, "log.delta_samples": 0, "log.tensorboard": False, **overrides})
     train(cfg)
     evals = [r for r in load_rows(tmp_path) if "eval/success" in r]
