@@ -3,10 +3,10 @@ searcher that acts only on what the agent can see (``sdar sft`` picks one with `
 
 from __future__ import annotations
 
-import re
 import weakref
 from typing import Any, Callable, Literal
 
+from sdar.data.hints import expert_next_action
 from sdar.envs.base import TextEnv
 from sdar.records import EnvInfo
 
@@ -14,9 +14,6 @@ __all__ = ["Expert", "ExpertKind", "ToySearchExpert", "expert_for", "plan_expert
 
 Expert = Callable[[TextEnv, str, EnvInfo], str]
 """``expert(env, observation, info) -> action``: the next action of a demonstrator in the current state."""
-
-_PLAN_NUMBER = re.compile(r"^\s*\d+\s*[.)]\s*")
-
 
 # ----------------------------------------------------------------------------------------------------- experts
 def plan_expert(env: TextEnv, observation: str, info: EnvInfo) -> str:
@@ -27,11 +24,9 @@ def plan_expert(env: TextEnv, observation: str, info: EnvInfo) -> str:
     Raises:
         ValueError: when the environment gives no (or an empty) ``expert_plan``.
     """
-    plan = info.privileged.get("expert_plan", "")
-    for line in plan.splitlines():
-        step = _PLAN_NUMBER.sub("", line, count=1).strip()
-        if step:
-            return step
+    step = expert_next_action(info.privileged)
+    if step is not None:
+        return step
     raise ValueError(
         f"task {info.task_id!r} has no expert_plan step in EnvInfo.privileged; expert demonstrations need an "
         "environment that reports its remaining plan (toy, alfworld) or a custom expert hook"

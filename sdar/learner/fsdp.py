@@ -351,17 +351,7 @@ class FSDPLearner(LocalLearner):
         if math.isfinite(loss) and math.isfinite(norm):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            before = self._snapshot() if self.rollback_nonfinite else None  # this rank's shards and their state
-            self.optimizer.step()
-            if before is not None and not self._weights_finite():
-                self._restore(before)  # every rank rolls back together: the check is global
-                self.skipped_steps += 1
-                out["train/skipped"] = 1.0
-                logger.warning("the optimizer step left a weight NaN or infinite on some rank: rolled back to the "
-                               "weights and optimizer state before it (lower optim.lr?)")
-            else:
-                self.optimizer_steps += 1
-                out["train/skipped"] = 0.0
+            self._step_or_roll_back(out)  # every rank rolls back together: _weights_finite is global here
         else:
             self.skipped_steps += 1
             out["train/skipped"] = 1.0

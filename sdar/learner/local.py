@@ -410,23 +410,28 @@ class LocalLearner:
         if math.isfinite(loss) and math.isfinite(values[0]):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            before = self._snapshot() if self.rollback_nonfinite else None
-            self.optimizer.step()
-            if before is not None and not self._weights_finite():
-                self._restore(before)
-                self.skipped_steps += 1
-                out["train/skipped"] = 1.0
-                logger.warning("the optimizer step left a weight NaN or infinite: rolled back to the weights and "
-                               "optimizer state before it (lower optim.lr?)")
-            else:
-                self.optimizer_steps += 1
-                out["train/skipped"] = 0.0
+            self._step_or_roll_back(out)
         else:
             self.skipped_steps += 1
             out["train/skipped"] = 1.0
             logger.warning("non-finite loss %.4g or grad norm %.4g: optimizer step skipped", loss, values[0])
         self.optimizer.zero_grad(set_to_none=True)
         return out
+
+    def _step_or_roll_back(self, out: dict[str, float]) -> None:
+        """Step the optimizer; with ``rollback_nonfinite``, undo a step that left a weight non-finite
+        (``_weights_finite`` decides: per process here, over every rank under FSDP)."""
+        before = self._snapshot() if self.rollback_nonfinite else None
+        self.optimizer.step()
+        if before is not None and not self._weights_finite():
+            self._restore(before)
+            self.skipped_steps += 1
+            out["train/skipped"] = 1.0
+            logger.warning("the optimizer step left a weight NaN or infinite: rolled back to the weights and "
+                           "optimizer state before it (lower optim.lr?)")
+        else:
+            self.optimizer_steps += 1
+            out["train/skipped"] = 0.0
 
     @torch.no_grad()
     def _snapshot(self) -> tuple[list[Tensor], dict[int, dict[str, Any]]]:
