@@ -124,13 +124,7 @@ def step_grpo_advantages(
     x = step_returns.to(torch.promote_types(step_returns.dtype, torch.float32))
     if x.numel() == 0:
         return x.clone()
-    episode = _group_index(group_ids, episode_ids)  # [M] -> episode slot
-    n_eps = int(episode.max()) + 1
-    steps_per_ep = torch.zeros(n_eps, dtype=x.dtype, device=x.device).index_add_(0, episode, torch.ones_like(x))
-    ep_value = torch.zeros_like(steps_per_ep).index_add_(0, episode, x) / steps_per_ep  # [E]
-    ep_group = torch.zeros(n_eps, dtype=torch.long, device=x.device).index_copy_(0, episode, _group_index(group_ids))
-    n_groups = int(ep_group.max()) + 1
-    ep_count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, ep_group, torch.ones_like(ep_value))
+    episode, ep_value, ep_group, ep_count = _episode_means(x, group_ids, episode_ids)
     mean = torch.zeros_like(ep_count).index_add_(0, ep_group, ep_value) / ep_count  # [G]
     group_of_step = ep_group[episode]  # [M]
     centered = x - mean[group_of_step]
@@ -139,6 +133,19 @@ def step_grpo_advantages(
         var = torch.zeros_like(ep_count).index_add_(0, ep_group, ep_dev) / (ep_count - 1).clamp(min=1.0)
         centered = centered / (var.sqrt()[group_of_step] + eps)
     return torch.where(ep_count[group_of_step] < 2, torch.zeros_like(centered), centered)
+
+
+def _episode_means(x: Tensor, group_ids: Tensor, episode_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-row scores ``x`` [M] folded into episodes: (row -> episode slot [M], episode mean score [E],
+    episode -> group slot [E], episodes per group [G])."""
+    episode = _group_index(group_ids, episode_ids)  # [M] -> episode slot
+    n_eps = int(episode.max()) + 1
+    rows = torch.zeros(n_eps, dtype=x.dtype, device=x.device).index_add_(0, episode, torch.ones_like(x))
+    ep_value = torch.zeros_like(rows).index_add_(0, episode, x) / rows  # [E]
+    ep_group = torch.zeros(n_eps, dtype=torch.long, device=x.device).index_copy_(0, episode, _group_index(group_ids))
+    n_groups = int(ep_group.max()) + 1
+    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, ep_group, torch.ones_like(ep_value))
+    return episode, ep_value, ep_group, count
 
 
 def rloo_advantages(scores: Tensor, group_ids: Tensor, episode_ids: Tensor | None = None) -> Tensor:
@@ -166,13 +173,7 @@ def rloo_advantages(scores: Tensor, group_ids: Tensor, episode_ids: Tensor | Non
     x = scores.to(torch.promote_types(scores.dtype, torch.float32))
     if x.numel() == 0:
         return x.clone()
-    episode = _group_index(group_ids, episode_ids)  # [M] -> episode slot
-    n_eps = int(episode.max()) + 1
-    rows = torch.zeros(n_eps, dtype=x.dtype, device=x.device).index_add_(0, episode, torch.ones_like(x))
-    ep_value = torch.zeros_like(rows).index_add_(0, episode, x) / rows  # [E]
-    ep_group = torch.zeros(n_eps, dtype=torch.long, device=x.device).index_copy_(0, episode, _group_index(group_ids))
-    n_groups = int(ep_group.max()) + 1
-    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, ep_group, torch.ones_like(ep_value))
+    episode, ep_value, ep_group, count = _episode_means(x, group_ids, episode_ids)
     total = torch.zeros_like(count).index_add_(0, ep_group, ep_value)  # [G] sum of episode scores
     group = ep_group[episode]  # [M]
     n = count[group]
