@@ -22,8 +22,8 @@ part() {  # part P METHODS... : those methods at hint noise P, every seed
 # The sweep asks whether the gate protects against a teacher that is sometimes wrong, so it covers the methods
 # that follow the teacher (SDAR, GRPO+OPSD, OPSD). GRPO never reads the teacher, so its p = 0 runs are its runs at
 # every p and are not repeated.
-lane_a() { part 0 grpo sdar grpo_opsd skill_sd; part 0.3 sdar grpo_opsd; part 0.6 sdar grpo_opsd; }
-lane_b() { part 0 opsd rlsd; part 0.3 opsd; part 0.6 opsd; }
+lane_a() { part 0 grpo sdar grpo_opsd skill_sd; part 0.3 sdar grpo_opsd; }
+lane_b() { part 0 opsd rlsd; part 0.3 opsd; part 0.6 opsd sdar grpo_opsd; }
 start=$(date +%s)
 lane_a & a=$!
 lane_b & b=$!
