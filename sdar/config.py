@@ -176,6 +176,14 @@ class AlgoConfig:
     """Old log-probs of the PPO ratio: recompute (a no-grad pass over the student rows), rollout (the generator's
     sampling log-probs), or auto = rollout when those are exact (the generator is the training model, per-turn
     rows, no top-k/top-p, no bf16 autocast) and no mismatch correction is on, else recompute."""
+    logprob_check_rows: int = 8
+    """Rows the learner re-scores each step, while the old log-probs come from the rollout, to measure the
+    sampler-vs-learner log-prob difference (``rollout/logprob_diff_*``); 0 = never. With recompute every row is
+    measured at no extra cost."""
+    logprob_tolerance: float = 0.01
+    """Largest 99th percentile of the per-token |log p_sampler − log p_learner| (nats) at which ``auto`` keeps the
+    sampler's log-probs; above it the run recomputes them from then on (0.01 nats: a 1% error of the PPO ratio, a
+    twentieth of its 0.2 clip)."""
     mismatch_correction: Literal["auto", "off", "tis", "mis"] = "auto"
     """Importance weights for rollout-vs-trainer log-prob mismatch on the PG term: tis (truncated at
     mismatch_cap), mis (tokens/rows above the cap dropped), off, or auto = tis unless the generator is the training
@@ -557,6 +565,10 @@ def validate(cfg: RunConfig) -> None:
         add(f"algo.gigpo_gamma is a discount and must be in [0, 1] (got {a.gigpo_gamma})")
     if a.mismatch_cap < 1:
         add(f"algo.mismatch_cap must be >= 1 (got {a.mismatch_cap}); verl uses 2")
+    if a.logprob_check_rows < 0:
+        add(f"algo.logprob_check_rows must be >= 0 (0 = no check), got {a.logprob_check_rows}")
+    if not a.logprob_tolerance > 0:
+        add(f"algo.logprob_tolerance must be > 0 nats, got {a.logprob_tolerance}")
     if a.old_logprobs == "rollout" and a.mismatch_correction in ("tis", "mis"):
         add(f"algo.mismatch_correction={a.mismatch_correction} compares recomputed old log-probs with the rollout "
             "ones; set algo.old_logprobs=recompute (or auto)")

@@ -93,6 +93,8 @@ class Runtime:
     """Resolved ``algo.mismatch_correction``: ``off``, ``tis`` or ``mis``."""
     dp: DataParallel = field(default_factory=DataParallel)
     """This process's place in a torchrun job (a world of 1 without torchrun)."""
+    behaviour_warned: bool = False
+    """The sampler-vs-learner warning under an explicit ``algo.old_logprobs: rollout`` was given."""
     generator_is_policy: bool = True
     """The generator samples with the training model object itself (False: it holds its own copy)."""
 

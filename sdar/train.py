@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from sdar.algo.advantages import grpo_advantages, rloo_advantages, step_grpo_advantages
-from sdar.algo.correction import mismatch_weights
+from sdar.algo.correction import logprob_diff_stats, mismatch_weights
 from sdar.algo.distill import rlsd_lambda
 from sdar.batch import TokenBatch
 from sdar.config import RunConfig, dump_yaml
@@ -113,6 +113,45 @@ def gap_diagnostics(rt: Runtime, step: int, trajs: list[Trajectory], batch: Toke
     return out
 
 
+def spread_rows(n: int, k: int) -> list[int]:
+    """``min(n, k)`` row indices spread evenly over ``0 .. n - 1`` (first and last included)."""
+    if k <= 0 or n <= 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def logprob_diff_metrics(learner_lp: torch.Tensor, sampler_lp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """``rollout/logprob_diff_{mean,p99,max}`` (nats per sampled token) and ``rollout/logprob_diff_tokens``."""
+    return {f"rollout/logprob_diff_{k}": v for k, v in logprob_diff_stats(learner_lp, sampler_lp, mask).items()}
+
+
+def behaviour_check(rt: Runtime, learner_lp: torch.Tensor, sampler_lp: torch.Tensor,
+                    mask: torch.Tensor) -> dict[str, float]:
+    """Measure the sampler-vs-learner difference on the checked rows while the old log-probs come from the rollout.
+
+    Under ``algo.old_logprobs: auto`` a 99th percentile above ``algo.logprob_tolerance`` (on any rank) switches the
+    run to recomputed old log-probs from the next step on; an explicit ``rollout`` only warns."""
+    out = logprob_diff_metrics(learner_lp, sampler_lp, mask)
+    tol = rt.cfg.algo.logprob_tolerance
+    if rt.dp.every(out["rollout/logprob_diff_p99"] <= tol):
+        return out
+    if rt.cfg.algo.old_logprobs == "auto":
+        rt.old_logprobs = "recompute"
+        log.warning("the sampler's log-probs differ from the learner's by %.3g nats (99th percentile; max %.3g) "
+                    "against algo.logprob_tolerance=%g: old log-probs are recomputed from the next step on",
+                    out["rollout/logprob_diff_p99"], out["rollout/logprob_diff_max"], tol)
+    elif not rt.behaviour_warned:
+        rt.behaviour_warned = True
+        log.warning("algo.old_logprobs=rollout although the sampler's log-probs differ from the learner's by %.3g "
+                    "nats (99th percentile) > algo.logprob_tolerance=%g; consider recompute (said once)",
+                    out["rollout/logprob_diff_p99"], tol)
+    return out
+
+
 def train_step(rt: Runtime, step: int) -> dict[str, float]:
     """One full RL step; returns its metrics."""
     cfg, timer = rt.cfg, StageTimer()
@@ -156,13 +195,20 @@ def train_step(rt: Runtime, step: int) -> dict[str, float]:
     with timer.stage("logprobs"):
         recompute = rt.old_logprobs == "recompute"  # else the generator's log-probs are the exact old log-probs
         passes = [batch] if recompute else []
+        check_rows = [] if recompute else spread_rows(batch.size, cfg.algo.logprob_check_rows)
+        if check_rows:  # a few rows re-scored to measure how far the sampler's log-probs are from the learner's
+            passes.append(batch.select(check_rows))
         if spec.needs_teacher:
             teacher = rt.teacher_rows(trajs)  # same response ids; only the prompts differ
             passes.append(batch.with_prompts(teacher.prompts))
             metrics["sdar/teacher_history_dropped"] = teacher.history_dropped_share  # budget cut the teacher's history
         scored = rt.learner.logprobs_many(passes) if passes else []
+        if check_rows:
+            sample = batch.select(check_rows)
+            metrics.update(behaviour_check(rt, scored[0], sample.old_logprobs, sample.loss_mask))
         if recompute:
             old = torch.where(batch.loss_mask, scored[0], torch.zeros_like(scored[0]))  # [N, A]
+            metrics.update(logprob_diff_metrics(old, batch.old_logprobs, batch.loss_mask))
             weights, drift = mismatch_weights(old, batch.old_logprobs, batch.loss_mask, level=cfg.algo.mismatch_level,
                                               mode="mis" if rt.mismatch_correction == "mis" else "tis",
                                               cap=cfg.algo.mismatch_cap)

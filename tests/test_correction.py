@@ -345,3 +345,23 @@ def test_a_generator_with_its_own_weights_sleeps_for_the_update_and_gets_the_new
     rt.close()
     first_sleep = events.index("sleep")
     assert set(events[:first_sleep]) == {"generate"} and events[first_sleep + 1:] == ["load_weights:True"]
+
+
+def test_logprob_diff_stats_by_hand():
+    from sdar.algo.correction import logprob_diff_stats
+
+    learner = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.25, 0.0]])
+    sampler = torch.tensor([[-1.1, -2.0, -5.0], [-0.5, -0.75, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])  # |diffs| on the mask: 0.1, 0, 0, 0.5
+    out = logprob_diff_stats(learner, sampler, mask)
+    assert out["mean"] == pytest.approx(0.15)
+    assert out["max"] == pytest.approx(0.5)
+    assert out["p99"] == pytest.approx(0.5)  # nearest rank ceil(0.99 * 4) = 4: the largest of the four
+    assert out["tokens"] == 4
+    many = torch.arange(200, dtype=torch.float32).reshape(1, 200) / 100  # diffs 0.00 .. 1.99 against zeros
+    p = logprob_diff_stats(many, torch.zeros_like(many), torch.ones_like(many, dtype=torch.bool))
+    assert p["p99"] == pytest.approx(1.97)  # rank ceil(198) = 198 -> the 198th smallest, 1.97
+    empty = logprob_diff_stats(learner, sampler, torch.zeros_like(mask))
+    assert empty == {"mean": 0.0, "p99": 0.0, "max": 0.0, "tokens": 0.0}
+    with pytest.raises(ValueError, match="one \\[N, A\\] shape"):
+        logprob_diff_stats(learner, sampler[:, :2], mask)

@@ -158,3 +158,43 @@ def test_environment_workers_give_the_same_run_as_in_process(tmp_path):
     ra, rb = train(a), train(b)
     for key in ("rollout/reward", "rollout/episode_len", "train/loss", "sdar/gate_mean"):
         assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), key
+
+
+def test_spread_rows_covers_the_batch_evenly():
+    from sdar.train import spread_rows
+
+    assert spread_rows(10, 3) == [0, 4, 9] or spread_rows(10, 3) == [0, 5, 9]
+    assert spread_rows(5, 8) == [0, 1, 2, 3, 4]
+    assert spread_rows(7, 1) == [0]
+    assert spread_rows(7, 0) == [] and spread_rows(0, 4) == []
+
+
+def test_sampler_vs_learner_logprobs_are_measured_each_step(tmp_path):
+    # fp32, the generator is the policy: the old log-probs come from the rollout and a sample of rows is re-scored
+    cfg = smoke_cfg(tmp_path, **{"algo.method": "grpo", "total_steps": 2, "algo.logprob_check_rows": 4})
+    train(cfg)
+    rows = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
+    for row in rows:
+        assert 0 < row["rollout/logprob_diff_tokens"]
+        assert 0 <= row["rollout/logprob_diff_mean"] <= row["rollout/logprob_diff_p99"] <= row["rollout/logprob_diff_max"]
+        assert row["rollout/logprob_diff_max"] < 1e-3  # same weights, same fp32 kernels: agreement to rounding
+    off = smoke_cfg(tmp_path / "off", **{"algo.method": "grpo", "total_steps": 1, "algo.logprob_check_rows": 0})
+    train(off)
+    assert "rollout/logprob_diff_mean" not in read_metrics(Path(off.out_dir) / "metrics.jsonl")[0]
+    # recomputed old log-probs: every row is measured
+    rec = smoke_cfg(tmp_path / "rec", **{"algo.method": "grpo", "total_steps": 1, "algo.old_logprobs": "recompute"})
+    train(rec)
+    assert read_metrics(Path(rec.out_dir) / "metrics.jsonl")[0]["rollout/logprob_diff_tokens"] > 0
+
+
+def test_auto_switches_to_recompute_when_the_sampler_disagrees(tmp_path, caplog):
+    # a tolerance below the rounding difference stands in for a sampler that disagrees with the learner
+    cfg = smoke_cfg(tmp_path, **{"algo.method": "grpo", "total_steps": 2, "algo.logprob_tolerance": 1e-12,
+                                 "algo.logprob_check_rows": 64})
+    with caplog.at_level("WARNING"):
+        train(cfg)
+    rows = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
+    assert rows[0]["rollout/logprob_diff_p99"] > 1e-12, "needs some rounding difference to trigger"
+    assert "mismatch/logprob_abs_diff_mean" not in rows[0]  # step 0: still the rollout's log-probs
+    assert "mismatch/logprob_abs_diff_mean" in rows[1]  # step 1: recomputed
+    assert any("recomputed from the next step on" in r.getMessage() for r in caplog.records)

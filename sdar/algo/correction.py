@@ -29,6 +29,7 @@ __all__ = [
     "CORRECTION_SETTINGS",
     "OLD_LOGPROB_SETTINGS",
     "CorrectionMode",
+    "logprob_diff_stats",
     "MismatchLevel",
     "mismatch_weights",
     "resolve_correction",
@@ -124,6 +125,32 @@ def mismatch_weights(
         "kl_k3": masked_mean(k3, mask),
     }
     return weights.detach(), {k: v.detach() for k, v in metrics.items()}
+
+
+def logprob_diff_stats(learner_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs of the sampled tokens are from the learner's: ``|log p_learner − log p_sampler|``
+    per token over ``mask`` — its mean, 99th percentile (nearest-rank: the smallest value at or above 99% of the
+    tokens) and maximum, in nats, plus the number of tokens. All 0 for an empty mask.
+
+    Args:
+        learner_logprobs: ``[N, A]`` log-probs recomputed by the learner.
+        sampler_logprobs: ``[N, A]`` log-probs the generator sampled with.
+        mask: ``[N, A]`` bool, True = a sampled token.
+
+    Raises:
+        ValueError: shapes differ.
+    """
+    check_mask(mask)
+    if learner_logprobs.shape != sampler_logprobs.shape or learner_logprobs.shape != mask.shape:
+        raise ValueError(f"learner_logprobs {tuple(learner_logprobs.shape)}, sampler_logprobs "
+                         f"{tuple(sampler_logprobs.shape)} and mask {tuple(mask.shape)} must have one [N, A] shape")
+    diff = (learner_logprobs.detach().float() - sampler_logprobs.detach().float()).abs()[mask]  # [T]
+    n = int(diff.numel())
+    if n == 0:
+        return {"mean": 0.0, "p99": 0.0, "max": 0.0, "tokens": 0.0}
+    rank = max(1, math.ceil(0.99 * n))  # nearest-rank percentile
+    p99 = diff.kthvalue(rank).values
+    return {"mean": float(diff.mean()), "p99": float(p99), "max": float(diff.max()), "tokens": float(n)}
 
 
 def _masked_extreme(x: Tensor, mask: Tensor, *, largest: bool) -> Tensor:
