@@ -163,10 +163,13 @@ def cmd_model(argv: Sequence[str]) -> int:
 
 
 def cmd_envs(argv: Sequence[str]) -> int:
-    if list(argv[:2]) == ["generate", "alfworld"]:
-        from sdar.envs.alfworld import main_generate
+    from sdar.config import AVAILABLE_ENVS
+    from sdar.envs import registry
 
-        return main_generate(list(argv[2:]))
+    if len(argv) >= 2 and argv[0] == "generate":
+        spec = registry.find_env_spec(argv[1])
+        if spec is not None and spec.generate is not None:  # the generator parses its own options
+            return spec.generate(list(argv[2:]))
     parser = argparse.ArgumentParser(prog="sdar envs", description=COMMANDS["envs"])
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="environments and whether this version can train on them")
@@ -178,11 +181,9 @@ def cmd_envs(argv: Sequence[str]) -> int:
     gen.add_argument("name", help="environment (alfworld)")
     gen.add_argument("rest", nargs=argparse.REMAINDER, help="options of the generator")
     args = parser.parse_args(argv)
-    from sdar.config import AVAILABLE_ENVS
-    from sdar.envs import registry
 
     if args.action == "list":
-        for name in ("toy", "alfworld", "webshop", "search"):
+        for name in registry.ENV_NAMES:
             state = "available" if name in AVAILABLE_ENVS else "not available in this version"
             sys.stdout.write(f"{name:10s} {state}\n")
         return 0
@@ -195,18 +196,14 @@ def cmd_envs(argv: Sequence[str]) -> int:
         factory = registry.make_env_factory(args.name, data_dir=args.data_dir)
         source = registry.make_task_source(args.name, data_dir=args.data_dir)
         tasks = source.tasks("train")[: args.tasks]
-        policy = None
-        if args.name == "alfworld":
-            from sdar.envs.alfworld import expert_policy as policy
-        elif args.name == "webshop":
-            from sdar.envs.webshop import expert_policy as policy
-        elif args.name == "search":
-            from sdar.envs.search import expert_policy as policy
-        check_env(factory, tasks, policy=policy)
+        solver = registry.get_env_spec(args.name).check_policy
+        check_env(factory, tasks, policy=solver() if solver is not None else None)
         sys.stdout.write(f"{args.name}: check_env passed on {len(tasks)} tasks\n")
         return 0
+    makers = [spec.name for spec in registry.ENV_SPECS if spec.generate is not None]
     sys.stderr.write(f"sdar envs generate: data generation for {args.name!r} is not available in this version "
-                     "(alfworld is; the toy environment needs no data)\n")
+                     f"({' and '.join(makers)} {'is' if len(makers) == 1 else 'are'}; the toy environment needs no "
+                     "data)\n")
     return NOT_AVAILABLE
 
 

@@ -19,10 +19,13 @@ from typing import Any, Literal, Mapping, Union
 import yaml
 
 MethodName = Literal["grpo", "skill_grpo", "opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar"]
+# The per-environment facts below mirror the environment specs (``sdar.envs.registry.ENV_SPECS``): this module
+# imports nothing from the package (tests/test_architecture.py), so it cannot ask the registry, and
+# tests/test_env_spec.py fails, naming the difference, when a spec and these tables disagree.
 EnvName = Literal["toy", "alfworld", "webshop", "search"]
 PrivilegedSource = Literal["skills", "expert_plan", "gold_answer", "goal_attributes", "none"]
 AVAILABLE_ENVS: tuple[str, ...] = ("toy", "alfworld", "webshop", "search")
-"""Environments this version can train on."""
+"""Environments this version can train on (``ENV_NAMES`` of the registry)."""
 TEACHER_METHODS = ("opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar")
 SOURCES_BY_ENV: dict[str, tuple[str, ...]] = {
     "toy": ("skills", "expert_plan"),
@@ -30,6 +33,11 @@ SOURCES_BY_ENV: dict[str, tuple[str, ...]] = {
     "webshop": ("skills", "goal_attributes"),
     "search": ("skills", "gold_answer"),
 }
+"""Privileged sources each environment gives (``EnvSpec.privileged_sources``); ``none`` is always allowed."""
+COMPACT_STYLE_ENVS: tuple[str, ...] = ("toy", "alfworld")
+"""Environments with a ``prompt_style=compact`` template (``EnvSpec.compact_template``)."""
+RETRIEVER_ENVS: tuple[str, ...] = ("search",)
+"""Environments that take ``env.retriever_url`` (``EnvSpec.uses_retriever``)."""
 
 
 class ConfigError(ValueError):
@@ -494,17 +502,18 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.name={e.name!r} is not available in this version; use one of {list(AVAILABLE_ENVS)}")
     if e.max_turns < 1:
         add(f"env.max_turns must be >= 1 (got {e.max_turns})")
-    if e.prompt_style == "compact" and e.name not in ("toy", "alfworld"):
-        add(f"env.prompt_style=compact exists for toy and alfworld only, not {e.name!r}; leave env.prompt_style empty")
+    if e.prompt_style == "compact" and e.name not in COMPACT_STYLE_ENVS:
+        add(f"env.prompt_style=compact exists for {' and '.join(COMPACT_STYLE_ENVS)} only, not {e.name!r}; leave "
+            "env.prompt_style empty")
     if e.history_length < 0:
         add(f"env.history_length must be >= 0 (got {e.history_length})")
     if e.num_workers < 0:
         add(f"env.num_workers must be >= 0 (got {e.num_workers}); 0 steps environments in-process")
     if e.step_timeout_s <= 0:
         add(f"env.step_timeout_s must be > 0 (got {e.step_timeout_s})")
-    if e.retriever_url and (e.name != "search" or not e.retriever_url.startswith(("http://", "https://"))):
-        add(f"env.retriever_url={e.retriever_url!r} needs env.name=search and an http(s):// URL, e.g. "
-            "http://127.0.0.1:8000/retrieve (`sdar retriever serve`)")
+    if e.retriever_url and (e.name not in RETRIEVER_ENVS or not e.retriever_url.startswith(("http://", "https://"))):
+        add(f"env.retriever_url={e.retriever_url!r} needs env.name={'|'.join(RETRIEVER_ENVS)} and an http(s):// "
+            "URL, e.g. http://127.0.0.1:8000/retrieve (`sdar retriever serve`)")
     if e.invalid_penalty < 0:
         add(f"env.invalid_penalty is subtracted from rewards and must be >= 0 (got {e.invalid_penalty})")
     if e.win_reward is not None and e.win_reward <= 0:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import yaml
 
 from sdar.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config, nest_dotted, validate
+from sdar.envs.registry import find_env_spec
+from sdar.envs.spec import EpisodeScores, EvalColumns
 from sdar.report import (
     BOOTSTRAP_RESAMPLES,
     Z_95,
@@ -66,17 +68,11 @@ PanelEntry = tuple[str, str, int]
 """(task id, task type, episode seed) of one panel episode."""
 
 
-ALFWORLD_COLUMNS = {
-    "pick_and_place_simple": "Pick", "look_at_obj_in_light": "Look", "pick_clean_then_place_in_recep": "Clean",
-    "pick_heat_then_place_in_recep": "Heat", "pick_cool_then_place_in_recep": "Cool",
-    "pick_two_obj_and_place": "Pick2",
-}
-"""ALFWorld task types in the paper's column order, with its column names."""
-SEARCH_COLUMNS = {
-    "nq": "NQ", "triviaqa": "TriviaQA", "popqa": "PopQA", "hotpotqa": "HotpotQA", "2wikimultihopqa": "2Wiki",
-    "musique": "MuSiQue", "bamboogle": "Bamboogle",
-}
-"""Search-QA data sources in the paper's column order, with its column names."""
+def _columns(env: str) -> EvalColumns:
+    """What ``env`` measures and how its table looks (its spec's ``eval_columns``; success only for a name no
+    spec describes)."""
+    spec = find_env_spec(env)
+    return spec.eval_columns if spec is not None else EvalColumns()
 
 
 # ----------------------------------------------------------------------------------------------------- outcomes
@@ -107,20 +103,13 @@ class EpisodeOutcome:
 
 
 def outcome_of(traj: Trajectory, env: str) -> EpisodeOutcome:
-    """The outcome of one episode; WebShop's score comes from the last step, Search-QA's EM/F1 are recomputed
-    from the episode's answer and gold answers (an episode that broke before its first step scores 0)."""
-    score = em = f1 = None
-    if env == "webshop":
-        score = float(traj.final_extra.get("score", 0.0))
-    if env == "search":
-        from sdar.envs.search.metrics import outcome_from_trajectory
-
-        em = f1 = 0.0
-        if traj.privileged.get("gold_answer"):
-            qa = outcome_from_trajectory(traj)
-            em, f1 = qa.em, qa.f1
-    return EpisodeOutcome(traj.task_id, traj.task_type, traj.seed, bool(traj.won), len(traj.turns), score, em, f1,
-                          traj.failed)
+    """The outcome of one episode, graded by the environment's ``EvalColumns.episode_scores``: WebShop's score
+    comes from the last step, Search-QA's EM/F1 are recomputed from the episode's answer and gold answers (an
+    episode that broke before its first step scores 0)."""
+    grade = _columns(env).episode_scores
+    scores = grade(traj) if grade is not None else EpisodeScores()
+    return EpisodeOutcome(traj.task_id, traj.task_type, traj.seed, bool(traj.won), len(traj.turns), scores.score,
+                          scores.em, scores.f1, traj.failed)
 
 
 @dataclass(frozen=True)
@@ -143,9 +132,10 @@ def _metric_groups(outcomes: Sequence[EpisodeOutcome], env: str) -> dict[str, _M
     Search-QA ``em/<source>``, ``f1/<source>`` and their unweighted means over sources ``em/avg``, ``f1/avg``."""
     if not outcomes:
         return {}
+    kind = _columns(env).metrics
     out = {"success": _Metric((tuple(100.0 * o.won for o in outcomes),), True)}
     by_type = _by_type(outcomes)
-    if env == "search":
+    if kind == "qa":
         em = {s: tuple(100.0 * (o.em or 0.0) for o in outs) for s, outs in by_type.items()}
         f1 = {s: tuple(100.0 * (o.f1 or 0.0) for o in outs) for s, outs in by_type.items()}
         for source in by_type:
@@ -156,7 +146,7 @@ def _metric_groups(outcomes: Sequence[EpisodeOutcome], env: str) -> dict[str, _M
         return out
     for task_type, outs in by_type.items():
         out[f"success/{task_type}"] = _Metric((tuple(100.0 * o.won for o in outs),), True)
-    if env == "webshop":
+    if kind == "score":
         out["score"] = _Metric((tuple(100.0 * (o.score or 0.0) for o in outcomes),), False)
         out["acc"] = out["success"]
     return out
@@ -228,18 +218,16 @@ def table_columns(env: str, keys: Sequence[str] | Mapping[str, Any]) -> list[tup
     Search-QA: EM per data set and their mean (SQA Avg); the built-in game: success per type and overall.
     """
     present = set(keys)
-    if env == "webshop":
-        cols = [("score", "WS Score"), ("acc", "WS Acc")]
-    elif env == "search":
-        sources = [k.split("/", 1)[1] for k in present if k.startswith("em/") and k != "em/avg"]
-        ordered = [s for s in SEARCH_COLUMNS if s in sources] + sorted(s for s in sources if s not in SEARCH_COLUMNS)
-        cols = [(f"em/{s}", SEARCH_COLUMNS.get(s, s)) for s in ordered] + [("em/avg", "SQA Avg")]
-    else:
-        types = [k.split("/", 1)[1] for k in present if k.startswith("success/")]
-        names = ALFWORLD_COLUMNS if env == "alfworld" else {}
-        ordered = [t for t in names if t in types] + sorted(t for t in types if t not in names)
-        cols = [(f"success/{t}", names.get(t, t)) for t in ordered]
-        cols.append(("success", "ALF Avg" if env == "alfworld" else "Avg"))
+    layout = _columns(env)
+    cols: list[tuple[str, str]] = []
+    if layout.group_prefix:
+        prefix = layout.group_prefix + "/"
+        totals = {key for key, _ in layout.totals}
+        groups = [k[len(prefix):] for k in present if k.startswith(prefix) and k not in totals]
+        names = dict(layout.group_names)
+        ordered = [g for g in names if g in groups] + sorted(g for g in groups if g not in names)
+        cols = [(prefix + g, names.get(g, g)) for g in ordered]
+    cols.extend(layout.totals)
     return [(k, h) for k, h in cols if k in present]
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from sdar.algo.logprobs import hidden_token_logprobs
 from sdar.atomic import clean_leftovers, new_tmp_dir, replace_dir, write_text_atomic
 from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
+from sdar.envs.registry import prompt_template
 from sdar.learner.local import lr_at
 from sdar.learner.packing import PackedMicroBatch, choose_layout, make_micro_batches
 from sdar.metrics import RolloutProgress, eta_seconds, format_duration
@@ -266,6 +267,7 @@ def encode_examples(
             max_tokens=max_prompt_tokens,
             system=system,
             enable_thinking=enable_thinking,
+            template=prompt_template(turn.context.env_name, turn.context.style),
         )
         text = target_text(turn, seed=seed, reasoning=reasoning, action=action)
         target = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]

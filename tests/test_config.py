@@ -55,14 +55,14 @@ def test_win_reward_defaults_to_the_environment_and_invalid_rule_to_the_referenc
 
 @pytest.mark.parametrize("env", ["alfworld", "webshop", "search"])
 def test_paper_teacher_budget_holds_the_student_prompt_and_the_longest_skill_text(env: str):
-    from sdar.prompts.render import get_template
+    from sdar.envs.registry import prompt_template
     from sdar.skills.library import builtin_skill_dir, load_skill_library
     from sdar.skills.retrieval import format_skill_text
 
     cfg = load_config(PAPER / f"{env}.yaml")
     library = load_skill_library(builtin_skill_dir(env))
     longest = max(len(format_skill_text(library.general, [f]).encode()) for f in library.files.values())
-    block = len(get_template(env, "").privileged.format(text="").encode()) + 2  # its frame and the blank line
+    block = len(prompt_template(env).privileged.format(text="").encode()) + 2  # its frame and the blank line
     # a byte-level BPE token (Qwen's) holds at least one byte, so the bytes bound the tokens of the added text
     assert cfg.teacher.max_prompt_tokens >= cfg.rollout.max_prompt_tokens + longest + block
 

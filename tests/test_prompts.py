@@ -17,6 +17,7 @@ from sdar.prompts import (
     render_messages,
     render_user_message,
 )
+from sdar.envs.registry import prompt_template  # importing the registry gives sdar.prompts the envs' templates
 from sdar.records import Message
 from sdar.tiny import byte_tokenizer
 
@@ -102,6 +103,7 @@ def test_free_text_environment_uses_generic_template_without_action_list() -> No
 
 
 def test_registry_defaults_and_adding_an_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert prompt_template("toy") is HOUSEHOLD_TEMPLATE and prompt_template("alfworld") is HOUSEHOLD_TEMPLATE
     assert get_template("toy") is HOUSEHOLD_TEMPLATE and get_template("alfworld") is HOUSEHOLD_TEMPLATE
     assert get_template("unknown") is GENERIC_TEMPLATE
     shop = dataclasses.replace(GENERIC_TEMPLATE, preamble="You are shopping online.", task="Buy: {goal}")

@@ -17,8 +17,8 @@ from sdar.envs.search.env import (
 )
 from sdar.envs.search.retrievers import BM25Retriever, Passage
 from sdar.envs.search.template import SEARCH_TEMPLATE
-from sdar.prompts.parse import get_parser
-from sdar.prompts.render import build_context, get_template, render_user_message
+from sdar.envs.registry import get_env_spec, get_parser
+from sdar.prompts.render import build_context, render_user_message
 
 # ----- parser ------------------------------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ def test_check_env_without_policy_uses_the_probe_and_truncates(bm25: BM25Retriev
 
 
 def test_search_template_is_registered_and_renders_the_search_instructions() -> None:
-    assert get_template("search") is SEARCH_TEMPLATE
+    assert get_env_spec("search").template is SEARCH_TEMPLATE
     first = render_user_message(build_context("search", "What is the capital of Laos?", 0, "What is the capital "
                                               "of Laos?", (), (), 4))
     assert "Your question: What is the capital of Laos?" in first

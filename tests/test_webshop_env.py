@@ -25,7 +25,8 @@ from sdar.envs.webshop import (
 )
 from sdar.envs.webshop.env import _best_choice
 from sdar.envs.webshop.template import WEBSHOP_TEMPLATE, parse_webshop_action
-from sdar.prompts.render import build_context, get_template, render_user_message
+from sdar.envs.registry import get_env_spec
+from sdar.prompts.render import build_context, render_user_message
 from sdar.records import EnvInfo
 from sdar.skills.library import load_skill_library, builtin_skill_dir
 from sdar.skills.retrieval import KeywordRetriever, match_goal
@@ -271,7 +272,7 @@ def test_task_source_and_picklable_factory():
 
 # ----- prompt and parser -----------------------------------------------------------------------------------
 def test_template_is_registered_and_renders():
-    assert get_template("webshop") is WEBSHOP_TEMPLATE
+    assert get_env_spec("webshop").template is WEBSHOP_TEMPLATE
     ctx = build_context("webshop", "i need socks", 0, "Search", (SEARCH_PLACEHOLDER,), (), 2)
     text = render_user_message(ctx)
     assert "Shopping request: i need socks" in text and "'search[<your query>]'" in text

@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from sdar.batch import TokenBatch, pad_right
+from sdar.envs.registry import prompt_template
 from sdar.prompts.render import encode_prompt, fit_prompt, render_messages
 from sdar.records import Message, Trajectory, Turn
 
@@ -147,6 +148,7 @@ def build_teacher_prompts(
                 max_tokens=max_tokens,
                 system=system,
                 enable_thinking=enable_thinking,
+                template=prompt_template(turn.context.env_name, turn.context.style),
             )
             out.prompts.append(tuple(ids))
             out.has_context.append(True)
@@ -189,7 +191,9 @@ def _encode_text(tokenizer: Any, text: str) -> list[int]:
 
 def _user_message(turn: Turn, system: str | None) -> list[Message]:
     """The turn's observation block without history (the conversation itself holds the history)."""
-    return render_messages(dataclasses.replace(turn.context, history=()), system=system)
+    ctx = turn.context
+    return render_messages(dataclasses.replace(ctx, history=()), system=system,
+                           template=prompt_template(ctx.env_name, ctx.style))
 
 
 def conversation_rows(

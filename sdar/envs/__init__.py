@@ -1,7 +1,9 @@
-"""Text environments: the TextEnv contract, its conformance checker, and the built-in household game."""
+"""Text environments: the TextEnv contract, the EnvSpec record of an environment, their conformance checkers, and
+the built-in household game. The specs of every shipped environment are listed in ``sdar.envs.registry``."""
 
 from sdar.envs.base import EnvCrashed, EnvError, EnvFactory, EnvUnavailable, TaskSource, TaskSpec, TextEnv
-from sdar.envs.checker import check_env
+from sdar.envs.checker import check_env, check_env_spec
+from sdar.envs.spec import EnvSpec
 from sdar.envs.toy import (
     DEFAULT_TASK_TYPES,
     INVALID_FEEDBACK,
@@ -20,6 +22,7 @@ __all__ = [
     "EnvCrashed",
     "EnvError",
     "EnvFactory",
+    "EnvSpec",
     "EnvUnavailable",
     "TaskSource",
     "TaskSpec",
@@ -29,5 +32,6 @@ __all__ = [
     "ToyTextEnv",
     "build_task",
     "check_env",
+    "check_env_spec",
     "expert_action",
 ]

@@ -1,4 +1,6 @@
-"""Conformance checker for the TextEnv contract (see ``sdar.envs.base``); every environment should pass it in tests."""
+"""Conformance checkers: ``check_env`` for the TextEnv contract (see ``sdar.envs.base``) and ``check_env_spec`` /
+``check_env_registry`` for an environment's ``EnvSpec`` (see ``sdar.envs.spec``); every environment should pass
+them in tests."""
 
 from __future__ import annotations
 
@@ -7,14 +9,16 @@ import random
 from typing import Any, Callable, Mapping, Sequence
 
 from sdar.envs.base import EnvError, TaskSpec, TextEnv
+from sdar.envs.spec import EnvSpec, Policy
+from sdar.prompts.parse import ParsedAction, normalize_action
+from sdar.prompts.render import PromptTemplate, build_context, render_user_message
 from sdar.records import EnvInfo, StepResult
 
-__all__ = ["PROBE_ACTION", "check_env"]
+__all__ = ["PROBE_ACTION", "check_env", "check_env_registry", "check_env_spec"]
 
 PROBE_ACTION = "xyzzy plugh frobnicate"
 """An action no environment should admit; it must produce a normal StepResult, not an exception."""
 
-Policy = Callable[[str, EnvInfo], str]
 
 
 def _fail(where: str, message: str) -> AssertionError:
@@ -150,3 +154,145 @@ def check_env(
         raise ValueError("check_env needs at least one task")
     for task in tasks:
         _check_task(make_env, task, seed, max_steps, policy)
+
+
+# ----------------------------------------------------------------------------------------------------- env specs
+EVAL_METRICS = ("success", "score", "qa")
+"""The values ``EvalColumns.metrics`` can take (``sdar.evaluate`` knows how to compute each)."""
+
+
+def _spec_fail(name: object, message: str) -> AssertionError:
+    return AssertionError(f"check_env_spec({name!r}): {message}")
+
+
+def _check_template(spec: EnvSpec, template: object, which: str) -> None:
+    """Render a first turn and a later turn (history, admissible list, privileged block) and look for the inputs."""
+    if not isinstance(template, PromptTemplate):
+        raise _spec_fail(spec.name, f"{which} must be a PromptTemplate, got {type(template).__name__}")
+    goal, observation, note = "put a clean mug on the desk", "You see a desk 1.", "1. go to desk 1"
+    contexts = (
+        build_context(spec.name, goal, 0, observation, (), (), 2),
+        build_context(spec.name, goal, 2, observation, ("look", "go to desk 1"), (("start", "look"),), 2),
+    )
+    for ctx in contexts:
+        try:
+            text = render_user_message(ctx, privileged=note, template=template)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise _spec_fail(spec.name, f"{which} does not render ({exc!r}); its fields may use only the "
+                             "placeholders of the default PromptTemplate") from exc
+        missing = [part for part in (goal, note) if part not in text]
+        if missing:
+            raise _spec_fail(spec.name, f"{which} drops {missing!r} from the prompt; keep {{goal}} in `task` and "
+                             "{text} in `privileged`")
+
+
+def _check_parsed(spec: EnvSpec, parsed: object, what: str) -> ParsedAction:
+    if not isinstance(parsed, ParsedAction):
+        raise _spec_fail(spec.name, f"parser returned {type(parsed).__name__} for {what}; it must return a "
+                         "ParsedAction")
+    return parsed
+
+
+def _check_static(spec: EnvSpec) -> None:
+    """Every check that needs no environment instance."""
+    name = spec.name
+    if not isinstance(name, str) or not name or name != name.strip().lower() or " " in name:
+        raise _spec_fail(name, "name must be a non-empty lower-case word (it is the value of env.name)")
+    reward = spec.default_win_reward
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward) or reward <= 0:
+        raise _spec_fail(name, f"default_win_reward must be a finite number > 0, got {reward!r}")
+    sources = spec.privileged_sources
+    if not isinstance(sources, tuple) or not sources or not all(isinstance(s, str) and s for s in sources):
+        raise _spec_fail(name, f"privileged_sources must be a non-empty tuple of names, got {sources!r}; every "
+                         "environment offers at least 'skills'")
+    if len(set(sources)) != len(sources) or "none" in sources:
+        raise _spec_fail(name, f"privileged_sources {sources!r} repeats a name or lists 'none' (always allowed)")
+    _check_template(spec, spec.template, "template")
+    if spec.compact_template is not None:
+        _check_template(spec, spec.compact_template, "compact_template")
+    if "{action}" not in spec.reply_format:
+        raise _spec_fail(name, f"reply_format {spec.reply_format!r} must contain the {{action}} placeholder")
+    if not callable(spec.parser):
+        raise _spec_fail(name, "parser must be callable as parser(text, admissible)")
+    garbage = _check_parsed(spec, spec.parser("no tags at all", None), "a reply without tags")
+    if garbage.valid:
+        raise _spec_fail(name, "parser accepted a reply without any tag; a malformed reply must be invalid")
+    if not spec.experts or spec.default_expert not in spec.experts:
+        raise _spec_fail(name, f"default_expert {spec.default_expert!r} is not one of the experts "
+                         f"{sorted(spec.experts)}")
+    columns = spec.eval_columns
+    if columns.metrics not in EVAL_METRICS:
+        raise _spec_fail(name, f"eval_columns.metrics must be one of {EVAL_METRICS}, got {columns.metrics!r}")
+    if columns.metrics != "success" and columns.episode_scores is None:
+        raise _spec_fail(name, f"eval_columns.metrics={columns.metrics!r} grades episodes, so eval_columns needs "
+                         "an episode_scores function")
+    if not columns.totals:
+        raise _spec_fail(name, "eval_columns.totals is empty; name at least the overall column")
+    if spec.generate is not None and not callable(spec.generate):
+        raise _spec_fail(name, "generate must be a callable taking command-line arguments")
+
+
+def _first_action(spec: EnvSpec, env: TextEnv, observation: str, info: EnvInfo) -> str:
+    """The first action of the spec's solver (``check_policy``), or of its default demonstrator."""
+    if spec.check_policy is not None:
+        policy: Policy = spec.check_policy()
+        return policy(observation, info)
+    return spec.experts[spec.default_expert]()(env, observation, info)
+
+
+def _check_live(spec: EnvSpec, data_dir: str | None, seed: int) -> None:
+    """Build the environment through the spec and parse its solver's first action back from a model reply."""
+    name = spec.name
+    tasks = spec.build_tasks(seed=seed, data_dir=data_dir, task_types=()).tasks("train")
+    if not tasks:
+        raise _spec_fail(name, "build_tasks gave no train task")
+    env = spec.build_factory(max_turns=10, win_reward=spec.default_win_reward, data_dir=data_dir,
+                             retriever_url=None)()
+    try:
+        if getattr(env, "name", None) != name:
+            raise _spec_fail(name, f"its environments are named {getattr(env, 'name', None)!r}; TextEnv.name must "
+                             "equal the spec's name (prompts and parsers are looked up by it)")
+        observation, info = env.reset(task_id=tasks[0].task_id, seed=seed)
+        action = _first_action(spec, env, observation, info)
+        reply = spec.reply_format.format(action=action)
+        parsed = _check_parsed(spec, spec.parser(reply, info.admissible_actions or None), "the expert's reply")
+        if not parsed.valid or normalize_action(parsed.action) != normalize_action(action):
+            raise _spec_fail(name, f"parser does not give back the expert's first action {action!r} from the reply "
+                             f"{reply!r} (got {parsed}); parser and reply_format must agree")
+        ctx = build_context(name, info.goal, 0, observation, info.admissible_actions, (), 2)
+        render_user_message(ctx, template=spec.template)
+    finally:
+        env.close()
+
+
+def check_env_spec(spec: EnvSpec, *, key: str | None = None, live: bool = False, data_dir: str | None = None,
+                   seed: int = 0) -> None:
+    """Check an environment spec; raise ``AssertionError`` naming the first problem and its fix.
+
+    Always (cheap, no environment built): the name is a lower-case word equal to ``key`` (the name it is
+    registered under, when given); the default win reward is a finite number > 0; the privileged sources are a
+    non-empty tuple of distinct names without ``none``; the template (and compact template) render a first and a
+    later turn keeping the goal and the privileged text; the parser rejects a reply without tags; the default
+    expert is one of the experts; the evaluation columns are consistent.
+
+    With ``live=True`` also: the task source lists train tasks, the factory builds an environment whose ``name`` is
+    the spec's, and the parser gives back the solver's first action (``check_policy``, else the default expert)
+    from ``reply_format``. ``data_dir`` is passed to the builders (e.g. generated ALFWorld games).
+    """
+    if not isinstance(spec, EnvSpec):
+        raise _spec_fail(getattr(spec, "name", spec), f"expected an EnvSpec, got {type(spec).__name__}")
+    if key is not None and key != spec.name:
+        raise _spec_fail(spec.name, f"registered as {key!r} but named {spec.name!r}; the key must be the name")
+    _check_static(spec)
+    if live:
+        _check_live(spec, data_dir, seed)
+
+
+def check_env_registry(specs: Sequence[EnvSpec]) -> None:
+    """Check a registry's specs: names are distinct and each spec passes the cheap ``check_env_spec`` checks."""
+    names = [spec.name for spec in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise AssertionError(f"check_env_registry: environment names {repeated} are registered more than once")
+    for spec in specs:
+        check_env_spec(spec)

@@ -1,23 +1,87 @@
-"""Environment lookup by name: a factory for episode instances and the task source for splits."""
+"""The environment registry: every ``EnvSpec`` the package ships, and lookups by name.
+
+Adding an environment is its folder (the ``TextEnv``, its task source and its ``EnvSpec``) plus one entry in
+``ENV_SPECS``; ``make_env_factory``, ``make_task_source``, prompt rendering, action parsing, demonstrations,
+``sdar eval`` and ``sdar envs`` then find it here. ``sdar.config`` cannot import this module (the configuration
+depends on nothing in the package), so it keeps a copy of the names and per-environment rules that
+``tests/test_env_spec.py`` compares with the specs.
+"""
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import difflib
 from typing import Sequence
 
-from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource, TaskSpec
+from sdar.envs.alfworld.spec import ALFWORLD_SPEC
+from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource
+from sdar.envs.search.spec import SEARCH_SPEC
+from sdar.envs.spec import ActionParser, EnvSpec, OnlyTypes
+from sdar.envs.toy_spec import TOY_SPEC
+from sdar.envs.webshop.spec import WEBSHOP_SPEC
+from sdar.prompts.parse import parse_action
+from sdar.prompts.render import COMPACT_TEMPLATES, TEMPLATES, PromptTemplate, get_template
 
-ENV_NAMES = ("toy", "alfworld", "webshop", "search")
+__all__ = [
+    "ENV_NAMES",
+    "ENV_SPECS",
+    "WIN_REWARDS",
+    "default_win_reward",
+    "find_env_spec",
+    "get_env_spec",
+    "get_parser",
+    "make_env_factory",
+    "make_task_source",
+    "prompt_template",
+]
 
-WIN_REWARDS = {"toy": 10.0, "alfworld": 10.0, "webshop": 10.0, "search": 1.0}
+ENV_SPECS: tuple[EnvSpec, ...] = (TOY_SPEC, ALFWORLD_SPEC, WEBSHOP_SPEC, SEARCH_SPEC)
+"""Every environment this version can train on, in display order."""
+
+_BY_NAME: dict[str, EnvSpec] = {spec.name: spec for spec in ENV_SPECS}
+ENV_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+
+WIN_REWARDS: dict[str, float] = {spec.name: spec.default_win_reward for spec in ENV_SPECS}
 """Reward of a solved task per environment when the run does not set one: 10·won for the household games and WebShop
 (the paper's ALFWorld and WebShop reward), exact match in {0, 1} for Search-QA (Search-R1's EM reward)."""
 
+_OnlyTypes = OnlyTypes  # its older name here
+
+
+def _register_prompt_templates() -> None:
+    """Give ``sdar.prompts`` each spec's wording, so code that holds only a ``PromptContext`` (and renders without
+    passing a template) sees the environment's template; ``sdar.prompts`` never imports the environments."""
+    for spec in ENV_SPECS:
+        TEMPLATES.setdefault(spec.name, spec.template)
+        if spec.compact_template is not None:
+            COMPACT_TEMPLATES.setdefault(spec.name, spec.compact_template)
+
+
+_register_prompt_templates()
+
+
+def find_env_spec(name: str) -> EnvSpec | None:
+    """The spec registered as ``name``, or None."""
+    return _BY_NAME.get(name)
+
+
+def get_env_spec(name: str) -> EnvSpec:
+    """The spec registered as ``name``.
+
+    Raises:
+        EnvUnavailable: for an unknown name; the message suggests the closest known one and lists them all.
+    """
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, ENV_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise EnvUnavailable(f"unknown environment {name!r}; {hint}known: {', '.join(ENV_NAMES)}")
+    return spec
+
 
 def default_win_reward(name: str) -> float:
-    """The environment's reward for a solved task (``WIN_REWARDS``; 10 for an environment not listed)."""
-    return WIN_REWARDS.get(name, 10.0)
+    """The environment's reward for a solved task (its spec's ``default_win_reward``; 10 for an unknown name)."""
+    spec = _BY_NAME.get(name)
+    return spec.default_win_reward if spec is not None else 10.0
 
 
 def make_env_factory(
@@ -26,80 +90,58 @@ def make_env_factory(
 ) -> EnvFactory:
     """A zero-argument, picklable callable that builds one fresh environment instance of ``name``.
 
-    ``win_reward=None`` takes the environment's default (``default_win_reward``). ``retriever_url`` (Search-QA
-    only) makes the environments query that ``/retrieve`` server instead of an in-process index."""
+    ``win_reward=None`` takes the environment's default (``default_win_reward``). ``retriever_url`` (environments
+    whose spec ``uses_retriever``: Search-QA) makes the environments query that ``/retrieve`` server instead of an
+    in-process index.
+
+    Raises:
+        ValueError: for a ``retriever_url`` given to an environment without a retriever.
+        EnvUnavailable: for an unknown name, or when the environment's package or data is missing.
+    """
     if win_reward is None:
         win_reward = default_win_reward(name)
-    if retriever_url and name != "search":
-        raise ValueError(f"retriever_url is for the search environment only, not {name!r}; leave env.retriever_url "
-                         "unset")
-    if name == "toy":
-        from sdar.envs.toy import ToyTextEnv
-
-        return functools.partial(ToyTextEnv, win_reward=win_reward, max_turns=max_turns)
-    if name == "alfworld":
-        from sdar.envs.alfworld import AlfWorldEnv, resolve_data_dir
-
-        folder = resolve_data_dir(data_dir)  # fails early, naming the generate command, when there is no data
-        return functools.partial(AlfWorldEnv, folder, win_reward=win_reward, max_turns=max_turns)
-    if name == "webshop":
-        from sdar.envs.webshop import WebShopFactory
-
-        return WebShopFactory(data_dir=data_dir, win_reward=win_reward, max_turns=max_turns)
-    if name == "search":
-        from sdar.envs.search import make_search_env_factory
-
-        return make_search_env_factory(data_dir=data_dir, max_turns=max_turns, win_reward=win_reward,
-                                       retriever_url=retriever_url)
-    raise _unavailable(name)
+    spec = _BY_NAME.get(name)
+    if retriever_url and (spec is None or not spec.uses_retriever):
+        users = " and ".join(s.name for s in ENV_SPECS if s.uses_retriever)
+        raise ValueError(f"retriever_url is for the {users} environment only, not {name!r}; leave "
+                         "env.retriever_url unset")
+    return get_env_spec(name).build_factory(max_turns=max_turns, win_reward=win_reward, data_dir=data_dir,
+                                            retriever_url=retriever_url)
 
 
 def make_task_source(name: str, *, seed: int = 0, data_dir: str | None = None,
                      task_types: Sequence[str] = ()) -> TaskSource:
     """The task lists (``train`` / ``eval`` splits) of environment ``name``, restricted to ``task_types`` when
-    given (the toy game then draws all its tasks from those types)."""
-    if name == "toy":
-        from sdar.envs.toy import ToyTaskSource
+    given (the toy game then draws all its tasks from those types).
 
-        if not task_types:
-            return ToyTaskSource(seed=seed)
-        # a game restricted to some task types gets a larger train split, so warm starts see many worlds
-        return ToyTaskSource(seed=seed, num_train=1000, task_types=tuple(task_types))
-    source = _task_source(name, data_dir)
-    return _OnlyTypes(source, tuple(task_types)) if task_types else source
+    Raises:
+        EnvUnavailable: for an unknown name, or when the environment's data is missing.
+    """
+    return get_env_spec(name).build_tasks(seed=seed, data_dir=data_dir, task_types=tuple(task_types))
 
 
-@dataclass(frozen=True)
-class _OnlyTypes:
-    """A task source that keeps only some task types of another."""
+def prompt_template(env_name: str, style: str = "") -> PromptTemplate:
+    """The template a turn of ``env_name`` is rendered with: the spec's (``style="compact"``: its short variant);
+    for a name no spec has, whatever ``sdar.prompts.render.get_template`` holds (``GENERIC_TEMPLATE`` unless one
+    was added to ``TEMPLATES``).
 
-    source: TaskSource
-    types: tuple[str, ...]
-
-    def tasks(self, split: str) -> list[TaskSpec]:
-        kept = [t for t in self.source.tasks(split) if t.task_type in self.types]
-        if not kept:
-            raise EnvUnavailable(f"split {split!r} has no task of the types {list(self.types)}; check env.task_types")
-        return kept
-
-
-def _task_source(name: str, data_dir: str | None) -> TaskSource:
-    if name == "alfworld":
-        from sdar.envs.alfworld import AlfWorldTaskSource
-
-        return AlfWorldTaskSource(data_dir)
-    if name == "webshop":
-        from sdar.envs.webshop import WebShopTaskSource
-
-        return WebShopTaskSource(data_dir)
-    if name == "search":
-        from sdar.envs.search import make_search_task_source
-
-        return make_search_task_source(data_dir)
-    raise _unavailable(name)
+    Raises:
+        ValueError: for an unknown style, or a compact style the environment has no template for.
+    """
+    spec = _BY_NAME.get(env_name)
+    if spec is None:
+        return get_template(env_name, style)
+    if not style:
+        return spec.template
+    if style != "compact" or spec.compact_template is None:
+        compact = sorted(s.name for s in ENV_SPECS if s.compact_template is not None)
+        raise ValueError(f"prompt style {style!r} is not available for {env_name!r}; compact exists for "
+                         f"{compact}, or use the default style ''")
+    return spec.compact_template
 
 
-def _unavailable(name: str) -> EnvUnavailable:
-    if name not in ENV_NAMES:
-        return EnvUnavailable(f"unknown environment {name!r}; known: {', '.join(ENV_NAMES)}")
-    return EnvUnavailable(f"environment {name!r} is not available in this version of sdar; use one of toy, alfworld, webshop, search")
+def get_parser(env_name: str) -> ActionParser:
+    """The action parser of ``env_name``: its spec's, or ``parse_action`` (``<action>`` tags) for an environment no
+    spec describes."""
+    spec = _BY_NAME.get(env_name)
+    return spec.parser if spec is not None else parse_action

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 __all__ = ["INVALID_RULES", "REASONS", "ParsedAction", "apply_invalid_rule", "normalize_action", "parse_action"]
 
@@ -116,17 +116,3 @@ def apply_invalid_rule(parsed: ParsedAction, rule: str) -> ParsedAction:
     if rule == "format" and parsed.reason == "not_admissible" and parsed.action:
         return ParsedAction(action=parsed.action, valid=True, reason="ok")
     return parsed
-
-
-def get_parser(env_name: str) -> Callable[[str, Sequence[str] | None], ParsedAction]:
-    """The action parser of an environment: ``parse_action`` (``<action>`` tags) unless the environment has its own
-    format (Search-QA: ``<search>`` / ``<answer>``)."""
-    if env_name == "search":
-        from sdar.envs.search.actions import parse_search_action
-
-        return parse_search_action
-    if env_name == "webshop":
-        from sdar.envs.webshop.template import parse_webshop_action
-
-        return parse_webshop_action
-    return parse_action

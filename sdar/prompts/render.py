@@ -4,8 +4,12 @@ Each environment step is its own prompt: a single user message holding, in order
 privileged block (teacher-only context such as skills; placed right after the task line), the number of steps
 taken with the last few (observation, action) pairs, the current step and observation, the admissible actions,
 and the answer-format instruction (``<think>…</think>`` then ``<action>…</action>``). The first turn uses a
-variant without the history part. Templates are registered per environment name in ``TEMPLATES``; an environment
-without an entry gets ``GENERIC_TEMPLATE``.
+variant without the history part.
+
+Which template a turn uses belongs to its environment (``EnvSpec.template`` in ``sdar.envs``): callers pass it as
+``template=``. This module never imports the environments; when no template is passed, the one ``TEMPLATES`` holds
+for ``ctx.env_name`` is used (``sdar.envs.registry`` adds every registered environment's template there when it is
+imported), and ``GENERIC_TEMPLATE`` for a name without an entry.
 """
 
 from __future__ import annotations
@@ -77,23 +81,17 @@ HOUSEHOLD_COMPACT_TEMPLATE = PromptTemplate(
 )
 """A short household prompt (about a third of the tokens) for small models trained from scratch (the testbed)."""
 
-TEMPLATES: dict[str, PromptTemplate] = {
-    "toy": HOUSEHOLD_TEMPLATE,
-    "alfworld": HOUSEHOLD_TEMPLATE,
-}
-"""Environment name -> template. Supporting a new environment's wording is one entry here."""
-COMPACT_TEMPLATES: dict[str, PromptTemplate] = {
-    "toy": HOUSEHOLD_COMPACT_TEMPLATE,
-    "alfworld": HOUSEHOLD_COMPACT_TEMPLATE,
-}
-"""Environment name -> its ``style="compact"`` template."""
+TEMPLATES: dict[str, PromptTemplate] = {}
+"""Environment name -> template, for rendering without an explicit ``template=``. ``sdar.envs.registry`` fills it
+from the environment specs on import; an entry added by hand serves an environment no spec describes."""
+COMPACT_TEMPLATES: dict[str, PromptTemplate] = {}
+"""Environment name -> its ``style="compact"`` template (filled like ``TEMPLATES``)."""
 PROMPT_STYLES = ("", "compact")
 
 
 def get_template(env_name: str, style: str = "") -> PromptTemplate:
-    """The template registered for ``env_name`` (``style="compact"``: its short variant), or ``GENERIC_TEMPLATE``.
-
-    WebShop and Search-QA keep their wording next to their environment and are looked up on first use.
+    """The template ``TEMPLATES`` holds for ``env_name`` (``style="compact"``: ``COMPACT_TEMPLATES``'s), or
+    ``GENERIC_TEMPLATE``. Package code asks the environment's spec instead (``sdar.envs.registry.prompt_template``).
 
     Raises:
         ValueError: for an unknown style, or a compact style the environment has no template for.
@@ -103,14 +101,6 @@ def get_template(env_name: str, style: str = "") -> PromptTemplate:
             raise ValueError(f"prompt style {style!r} is not available for {env_name!r}; compact exists for "
                              f"{sorted(COMPACT_TEMPLATES)}, or use the default style ''")
         return COMPACT_TEMPLATES[env_name]
-    if env_name not in TEMPLATES and env_name == "webshop":
-        from sdar.envs.webshop.template import WEBSHOP_TEMPLATE
-
-        TEMPLATES["webshop"] = WEBSHOP_TEMPLATE
-    if env_name not in TEMPLATES and env_name == "search":
-        from sdar.envs.search.template import SEARCH_TEMPLATE
-
-        TEMPLATES["search"] = SEARCH_TEMPLATE
     return TEMPLATES.get(env_name, GENERIC_TEMPLATE)
 
 
@@ -131,7 +121,7 @@ def build_context(
     """Collect one turn's prompt inputs, keeping only the last ``history_length`` (observation, action) pairs.
 
     Args:
-        env_name: selects the template at render time.
+        env_name: the environment (``TextEnv.name``); recorded so the turn can be re-rendered with its template.
         goal: task description.
         step: number of turns already taken (0 on the first turn).
         observation: the current observation.
@@ -159,15 +149,20 @@ def build_context(
     )
 
 
-def render_user_message(ctx: PromptContext, *, privileged: str | None = None) -> str:
+def render_user_message(
+    ctx: PromptContext, *, privileged: str | None = None, template: PromptTemplate | None = None
+) -> str:
     """The user-message text for one turn; ``privileged`` (if non-blank) goes right after the task line.
+
+    ``template`` is the environment's wording for ``ctx.style`` (``EnvSpec.template`` or ``compact_template``);
+    None looks it up with ``get_template(ctx.env_name, ctx.style)``.
 
     Raises:
         ValueError: when ``ctx`` holds more history pairs than steps taken.
     """
     if len(ctx.history) > ctx.step:
         raise ValueError(f"PromptContext has {len(ctx.history)} history pairs but step={ctx.step}")
-    t = get_template(ctx.env_name, ctx.style)
+    t = template if template is not None else get_template(ctx.env_name, ctx.style)
     parts = [f"{t.preamble} {t.task.format(goal=ctx.goal)}"]
     text = _privileged_text(privileged)
     if text is not None:
@@ -194,11 +189,16 @@ def render_user_message(ctx: PromptContext, *, privileged: str | None = None) ->
 
 
 def render_messages(
-    ctx: PromptContext, *, privileged: str | None = None, system: str | None = None
+    ctx: PromptContext,
+    *,
+    privileged: str | None = None,
+    system: str | None = None,
+    template: PromptTemplate | None = None,
 ) -> list[Message]:
-    """``[system?, user]`` messages for one turn (no system message when ``system`` is None or empty)."""
+    """``[system?, user]`` messages for one turn (no system message when ``system`` is None or empty); ``template``
+    as in ``render_user_message``."""
     messages = [Message("system", system)] if system else []
-    messages.append(Message("user", render_user_message(ctx, privileged=privileged)))
+    messages.append(Message("user", render_user_message(ctx, privileged=privileged, template=template)))
     return messages
 
 
@@ -225,10 +225,12 @@ def fit_prompt(
     max_tokens: int,
     system: str | None = None,
     enable_thinking: bool | None = None,
+    template: PromptTemplate | None = None,
 ) -> tuple[list[int], PromptContext]:
     """Encode the turn's prompt within ``max_tokens``, dropping the oldest history pairs first.
 
-    The privileged text and the current observation are never shortened.
+    The privileged text and the current observation are never shortened. ``template`` as in
+    ``render_user_message``.
 
     Returns:
         The prompt ids and the context actually rendered (``ctx`` with possibly fewer history pairs).
@@ -237,7 +239,7 @@ def fit_prompt(
         ValueError: when the prompt is too long even without history.
     """
     while True:
-        messages = render_messages(ctx, privileged=privileged, system=system)
+        messages = render_messages(ctx, privileged=privileged, system=system, template=template)
         ids = encode_prompt(tokenizer, messages, enable_thinking=enable_thinking)
         if len(ids) <= max_tokens:
             return ids, ctx

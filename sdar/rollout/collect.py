@@ -41,7 +41,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from sdar.envs.base import EnvFactory, TaskSpec, TextEnv
 from sdar.envs.pool import StepOutcome, reset_envs, step_envs
-from sdar.prompts.parse import INVALID_RULES, ParsedAction, apply_invalid_rule, get_parser
+from sdar.envs.registry import get_parser, prompt_template
+from sdar.prompts.parse import INVALID_RULES, ParsedAction, apply_invalid_rule
 from sdar.prompts.render import build_context, fit_prompt
 from sdar.records import EnvInfo, PromptContext, Trajectory, Turn
 from sdar.rollout.generator import Generator, Sample, SamplingParams
@@ -234,6 +235,7 @@ def _prepare(ep: _Episode, turn: int, tokenizer: Any, settings: CollectSettings)
         max_tokens=settings.max_prompt_tokens,
         system=settings.system_prompt,
         enable_thinking=settings.enable_thinking,
+        template=prompt_template(ctx.env_name, ctx.style),
     )
 
 

@@ -1,4 +1,4 @@
-"""The per-turn prompt wording for Search-QA (``SEARCH_TEMPLATE``, looked up by ``sdar.prompts.render`` for "search").
+"""The per-turn prompt wording for Search-QA (``SEARCH_TEMPLATE``, the template of ``sdar.envs.search.spec``).
 
 It carries the Search-R1 action instructions: reason inside ``<think>``, then either search with
 ``<search> query </search>`` or answer with ``<answer> answer </answer>``, never both. There is no admissible-action
