@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from sdar.atomic import clean_leftovers, remove_dir
 from sdar.learner import dist as dist_util
+from sdar.learner.base import Learner
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdar.records import Trajectory
 from sdar.rollout.collect import CollectSettings
@@ -231,11 +232,7 @@ class DataParallel:
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
-def _is_sharded(learner: Any) -> bool:
-    return hasattr(learner, "save_sharded") and hasattr(learner, "load_sharded")
-
-
-def save_run_checkpoint(learner: Any, directory: Path, *, step: int, extra: Mapping[str, Any], keep_last: int,
+def save_run_checkpoint(learner: Learner, directory: Path, *, step: int, extra: Mapping[str, Any], keep_last: int,
                         dp: DataParallel) -> None:
     """Save the learner and the run state ``extra`` as ``directory/step_XXXXXX`` (collective with FSDP).
 
@@ -244,14 +241,15 @@ def save_run_checkpoint(learner: Any, directory: Path, *, step: int, extra: Mapp
     streams and a pointer to the shards; the step folder's ``state.json`` is written last, so a crash never leaves
     a checkpoint that :func:`~sdar.learner.checkpoint.latest_checkpoint` would pick. Shards of pruned steps go too.
     """
-    if not _is_sharded(learner):
+    shards = learner.sharded_checkpoints
+    if shards is None:
         with dp.together():
             if dp.is_main:
                 save_checkpoint(directory, step=step, learner_state=learner.state_dict(), extra=extra,
                                 keep_last=keep_last)
         return
     name = f"step_{step:06d}"
-    learner.save_sharded(directory / SHARDED_DIR / name)
+    shards.save_sharded(directory / SHARDED_DIR / name)
     with dp.together():  # a failed write on rank 0 is raised everywhere instead of leaving the others waiting
         if dp.is_main:
             save_checkpoint(directory, step=step, extra=extra, keep_last=keep_last,
@@ -262,7 +260,7 @@ def save_run_checkpoint(learner: Any, directory: Path, *, step: int, extra: Mapp
                     remove_dir(folder)  # renamed aside first: never a half-deleted shard folder
 
 
-def load_run_checkpoint(learner: Any, directory: Path, *, dp: DataParallel) -> dict[str, Any] | None:
+def load_run_checkpoint(learner: Learner, directory: Path, *, dp: DataParallel) -> dict[str, Any] | None:
     """Restore the latest checkpoint under ``directory`` into ``learner``; returns its run state (None: none).
 
     Every rank reads the step folder (the checkpoint root must be on storage all ranks see); a sharded learner then
@@ -278,11 +276,12 @@ def load_run_checkpoint(learner: Any, directory: Path, *, dp: DataParallel) -> d
     assert ckpt is not None
     state, extra = load_checkpoint(ckpt)
     sharded = state.get("sharded_folder")
-    if _is_sharded(learner):
+    shards = learner.sharded_checkpoints
+    if shards is not None:
         if sharded is None:
             raise ValueError(f"{ckpt} is a single-process checkpoint; resume it with optim.strategy=local in one "
                              "process, or start the data-parallel run from its weights (model.name)")
-        learner.load_sharded(directory / sharded)
+        shards.load_sharded(directory / sharded)
     else:
         if sharded is not None:
             raise ValueError(f"{ckpt} holds sharded weights from a torchrun job; resume it under torchrun with "

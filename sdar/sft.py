@@ -39,6 +39,7 @@ from sdar.atomic import clean_leftovers, new_tmp_dir, replace_dir, write_text_at
 from sdar.envs.base import EnvFactory, TaskSpec, panel_tasks
 from sdar.envs.registry import prompt_template
 from sdar.learner.local import lr_at
+from sdar.learner.modules import split_model
 from sdar.learner.packing import PackedMicroBatch, choose_layout, make_micro_batches
 from sdar.metrics import RolloutProgress, eta_seconds, format_duration
 from sdar.prompts.parse import parse_action
@@ -276,14 +277,7 @@ def encode_examples(
 
 
 # ------------------------------------------------------------------------------------------------------ training
-def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    body = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if not isinstance(head, nn.Linear) or body is None or body is model:
-        raise TypeError(f"{type(model).__name__} is not a transformers *ForCausalLM with a linear LM head")
-    if getattr(model.config, "final_logit_softcapping", None) not in (None, 1.0):
-        raise ValueError("models with final_logit_softcapping are not supported by the SFT loss")
-    return body, head
+_body_and_head = split_model  # the learner's (decoder body, linear LM head) split, with the same model checks
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:

@@ -75,7 +75,9 @@ def _full_grads(model) -> dict[str, torch.Tensor]:
 
 
 def _scenarios(rank: int, out: Path) -> dict[str, Any]:
+    from protocol_check import protocol_problems
     from sdar.algo.methods import resolve_loss
+    from sdar.learner.base import Learner, ShardedCheckpoints
     from sdar.learner.fsdp import SHARDED_STATE_FILE, FSDPLearner
     from sdar.learner.local import LocalLearner
     from sdar.tiny import byte_tokenizer, tiny_model
@@ -137,6 +139,9 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
     reference = tiny_model(vocab, seed=5)
     fsdp = FSDPLearner(tiny_model(vocab), reference_model=reference, **kw)
     local = LocalLearner(tiny_model(vocab), reference_model=tiny_model(vocab, seed=5), **kw)
+    res["protocol_problems"] = float(len(protocol_problems(Learner, fsdp)))
+    res["sharded_hooks"] = float(isinstance(fsdp, Learner) and fsdp.sharded_checkpoints is fsdp
+                                 and isinstance(fsdp, ShardedCheckpoints))
     lp_ref = fsdp.logprobs(shard, model="reference")[0]
     want_ref = local.logprobs(batch, model="reference")[0][SPLIT[rank], : shard.response_len]
     res["ref_logprob_diff"] = float((lp_ref - want_ref).abs().max())
@@ -306,6 +311,11 @@ def test_checkpointing_deferred_sync_and_bf16_compute(res):
     assert res["mixed_loss_diff"] < 1e-3  # relative; measured about 2e-5
     # AdamW's first step is about lr * sign(grad): bf16 rounding flips the sign of some near-zero gradients
     assert res["mixed_update_rel_diff"] < 0.25  # measured about 0.07
+
+
+def test_the_fsdp_configured_learner_matches_the_protocol(res):
+    assert res["protocol_problems"] == 0.0  # every Learner member, signatures included
+    assert res["sharded_hooks"] == 1.0  # and it checkpoints through its sharded hooks
 
 
 def test_logprobs_on_each_shard_match(res):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 
 import pytest
@@ -11,8 +12,18 @@ import torch
 from sdar.algo.methods import resolve_loss
 from sdar.algo.objective import policy_objective
 from sdar.batch import TokenBatch, pad_right
-from sdar.learner import Learner, LocalLearner, lr_at
+from sdar.learner import (
+    Learner,
+    LocalLearner,
+    NoSharding,
+    PolicyLearner,
+    ShardedCheckpoints,
+    ShardingStrategy,
+    lr_at,
+)
 from sdar.tiny import byte_tokenizer, tiny_model
+
+from protocol_check import protocol_problems
 
 VOCAB = len(byte_tokenizer())
 
@@ -70,6 +81,46 @@ def params_copy(model) -> dict[str, torch.Tensor]:
 
 def test_local_learner_satisfies_protocol():
     assert isinstance(LocalLearner(tiny_model(VOCAB)), Learner)
+
+
+def test_every_learner_implementation_matches_the_protocol_signatures():
+    from sdar.learner.fsdp import FSDPLearner
+
+    local = LocalLearner(tiny_model(VOCAB))
+    assert protocol_problems(Learner, local) == []
+    assert local.sharded_checkpoints is None  # its state_dict holds everything
+    # FSDPLearner configures the same class with the FSDP2 strategy (an instance needs a process group: the
+    # two-rank run in tests/test_fsdp.py checks one); the class itself also carries the sharded checkpoint hooks
+    assert LocalLearner is PolicyLearner
+    assert inspect.signature(FSDPLearner).return_annotation in (PolicyLearner, "PolicyLearner")
+    assert protocol_problems(Learner, PolicyLearner) == []
+    assert protocol_problems(ShardedCheckpoints, PolicyLearner) == []
+
+
+def test_sharding_strategies_match_their_protocol():
+    from sdar.learner.fsdp import FSDP2Sharding
+
+    for strategy in (NoSharding, FSDP2Sharding):
+        assert protocol_problems(ShardingStrategy, strategy) == [], strategy.__name__
+    assert isinstance(NoSharding(), ShardingStrategy)
+
+
+def test_the_protocol_check_reports_mismatches():
+    class Wrong:
+        policy_module = None  # a plain attribute where the Protocol has a property
+
+        def logprobs(self, batch, model="policy"):  # keyword-only parameters made positional, one missing
+            return None
+
+        def train_step(self, batch, *, spec, extra, ref_logprobs=None, teacher_logprobs=None, is_weights=None):
+            return {}
+
+    problems = protocol_problems(Learner, Wrong)
+    assert "policy_module: a property in the Protocol, NoneType here" in problems
+    assert any(p.startswith("logprobs: lacks parameter 'with_entropy'") for p in problems)
+    assert any(p.startswith("logprobs: parameter 'model' is positional or keyword") for p in problems)
+    assert "train_step: adds the required parameter 'extra'" in problems
+    assert "export_weights: missing" in problems and "logprobs_many: missing" in problems
 
 
 @pytest.mark.parametrize("layout", ["packed", "bucketed"])

@@ -1,8 +1,16 @@
-"""The Learner protocol: what the training loop may ask of any backend that owns the policy weights."""
+"""The Learner protocol: what the training loop may ask of any backend that owns the policy weights.
+
+:class:`Learner` lists every call the training loop (``sdar.train``, ``sdar.runtime``, ``sdar.distributed``) makes
+on a learner. Checkpointing a learner whose state is split over ranks needs two more calls, kept apart in
+:class:`ShardedCheckpoints`; a learner says whether it has them through :attr:`Learner.sharded_checkpoints`
+instead of the caller probing attributes.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Protocol, runtime_checkable
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -11,9 +19,25 @@ from sdar.batch import TokenBatch
 if TYPE_CHECKING:
     from sdar.algo.methods import LossSpec
 
-__all__ = ["Learner", "ModelRole"]
+__all__ = ["Learner", "ModelRole", "ShardedCheckpoints"]
 
 ModelRole = Literal["policy", "reference"]
+
+
+@runtime_checkable
+class ShardedCheckpoints(Protocol):
+    """Checkpoint hooks of a learner whose weights and optimizer state live in shards over several ranks.
+
+    Both calls are collective: every rank calls them with the same folder (on storage every rank sees).
+    """
+
+    def save_sharded(self, path: str | os.PathLike[str]) -> Path:
+        """Write this rank's shards and the run counters into the folder ``path``; returns the folder."""
+        ...
+
+    def load_sharded(self, path: str | os.PathLike[str]) -> None:
+        """Restore what :meth:`save_sharded` wrote (the number of ranks may differ)."""
+        ...
 
 
 @runtime_checkable
@@ -28,6 +52,12 @@ class Learner(Protocol):
         """The live policy model (a generator running in the same process may share it)."""
         ...
 
+    @property
+    def sharded_checkpoints(self) -> ShardedCheckpoints | None:
+        """Where to checkpoint a sharded state (save and load through it, not :meth:`state_dict`); None when
+        :meth:`state_dict` and :meth:`load_state_dict` carry the whole state."""
+        ...
+
     def logprobs(
         self, batch: TokenBatch, *, model: ModelRole = "policy", with_entropy: bool = False
     ) -> tuple[Tensor, Tensor | None]:
@@ -40,6 +70,14 @@ class Learner(Protocol):
 
         Returns:
             ``(logprobs [N, A], entropy [N, A] or None)``, fp32 on CPU, 0 where the response is padding.
+        """
+        ...
+
+    def logprobs_many(self, batches: Sequence[TokenBatch], *, model: ModelRole = "policy") -> list[Tensor]:
+        """Log-probs of several batches (e.g. the student and teacher views of the same rows) in one scoring pass.
+
+        Returns:
+            One ``[N_i, A_i]`` tensor per batch, equal to ``logprobs(batches[i], model=model)[0]``.
         """
         ...
 
