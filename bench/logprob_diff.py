@@ -3,7 +3,7 @@
     python bench/logprob_diff.py                                   # SmolLM2-135M (`sdar model prepare smollm2-135m`)
     python bench/logprob_diff.py --model tiny-random --precisions fp32 mixed_bf16
 
-For each precision the run's own parts are built (`sdar.runtime.build_runtime`), one training rollout is sampled with
+For each precision the run's own parts are built (`sdar.runtime.build`), one training rollout is sampled with
 the configured generator (its log-probs are what `algo.old_logprobs: rollout` would use), and the learner re-scores
 the same rows as it does for `recompute`. Printed per precision: tokens, mean / 99th percentile / max of
 |log p_sampler − log p_learner| in nats, and whether the 99th percentile is within `algo.logprob_tolerance`.
@@ -27,23 +27,20 @@ def measure(model: str, precision: str, args: argparse.Namespace, out_dir: str) 
     from sdar.algo.correction import logprob_diff_stats
     from sdar.config import load_config
     from sdar.data.tokenize import turn_rows
-    from sdar.rollout.collect import collect_episodes
-    from sdar.runtime import build_runtime, episode_requests
+    from sdar.runtime import build
 
     cfg = load_config(ROOT / "configs/demo_cpu.yaml", overrides={
         "model.name": model, "model.precision": precision, "model.dtype": "auto", "rollout.backend": args.backend,
         "rollout.tasks_per_step": args.tasks, "rollout.group_size": args.group, "env.max_turns": args.turns,
         "rollout.max_new_tokens": args.max_new_tokens, "seed": args.seed, "out_dir": out_dir,
         "log.tensorboard": False, "log.progress": False})
-    rt = build_runtime(cfg)
+    parts = build(cfg)
     try:
-        trajs = collect_episodes(episode_requests(rt, 0), rt.make_env, rt.generator, rt.tokenizer,
-                                 rt.collect_settings(0))
-        batch = turn_rows([t for t in trajs if t.turns])
-        learner_lp, _ = rt.learner.logprobs(batch)
+        batch = turn_rows(parts.collector.train(0).trajectories)
+        learner_lp, _ = parts.learner.logprobs(batch)
         return logprob_diff_stats(learner_lp, batch.old_logprobs, batch.loss_mask)
     finally:
-        rt.close()
+        parts.close()
 
 
 def main() -> int:

@@ -98,9 +98,9 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def cmd_demo(argv: Sequence[str]) -> int:
-    from sdar.train import run_demo
+    from sdar.demo import main as demo_main
 
-    return run_demo(list(argv))
+    return demo_main(list(argv))
 
 
 def cmd_config(argv: Sequence[str]) -> int:
@@ -208,7 +208,7 @@ def cmd_envs(argv: Sequence[str]) -> int:
 
 
 def cmd_sft(argv: Sequence[str]) -> int:
-    from sdar.sft import main as sft_main
+    from sdar.sft_cli import main as sft_main
 
     return sft_main(list(argv))
 

@@ -47,16 +47,8 @@ from sdar.evaluate import (
     table_columns,
     write_result,
 )
-from sdar.report import (
-    Interval,
-    bootstrap_over_seeds,
-    final_and_best,
-    load_rows,
-    markdown_table,
-    metric_range,
-    seed_interval,
-    series,
-)
+from sdar.intervals import Interval, bootstrap_over_seeds, markdown_table, metric_range, seed_interval
+from sdar.metrics import final_and_best, load_rows, series
 from sdar.study_stats import (
     GATE_KEYS,
     PairedComparison,

@@ -10,22 +10,15 @@ are deleted first, as ``sdar train --overwrite`` does; a folder that holds anyth
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from sdar.config import RunConfig
+from sdar.metrics import read_metrics
 
 DEFAULT_PRESET = "configs/testbed/demo.yaml"
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """Rows of a run's ``metrics.jsonl`` (an empty list when the file is missing)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _fmt(rows: list[dict[str, float]], key: str, fmt: str = "{:.3f}") -> str:

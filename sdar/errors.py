@@ -10,7 +10,6 @@ This module imports only the standard library and PyYAML, so text-only layers (e
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ __all__ = [
     "DEBUG_HINT",
     "InputFileError",
     "NonFiniteWeightsError",
+    "ShowTraceback",
+    "UserError",
     "read_json",
     "read_text",
     "user_message",
@@ -64,32 +65,23 @@ def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
                              "fix the syntax (a JSON validator shows the spot)") from None
 
 
+class UserError(Exception):
+    """Mixed into the project's error types that a user can fix from the message alone (a missing package, an
+    unreachable server, a bad environment setting): the CLI shows the message without a traceback."""
+
+
+class ShowTraceback(Exception):
+    """Mixed into error types whose traceback is the useful part (a crash inside an environment worker), even
+    when they derive from a ``UserError``."""
+
+
 def _known_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(user-error types, types that are never user errors), importing only modules that are already loaded."""
+    """(user-error types, types that are never user errors)."""
     import yaml
 
-    user: list[type[BaseException]] = [ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                                       IsADirectoryError, PermissionError, ConnectionError, TimeoutError,
-                                       yaml.YAMLError, NonFiniteWeightsError]
-    never: list[type[BaseException]] = []
-    if "sdar.envs.base" in sys.modules:
-        from sdar.envs.base import EnvCrashed, EnvError
-
-        user.append(EnvError)
-        never.append(EnvCrashed)
-    if "sdar.envs.pool" in sys.modules:
-        from sdar.envs.pool import RemoteEnvError
-
-        never.append(RemoteEnvError)  # an exception inside a worker process: its traceback is the useful part
-    if "sdar.envs.search.retrievers" in sys.modules:
-        from sdar.envs.search.retrievers import RetrieverError
-
-        user.append(RetrieverError)  # an unreachable or misbehaving retrieval server
-    if "sdar.rollout.vllm_engine" in sys.modules:
-        from sdar.rollout.vllm_engine import VLLMNotInstalledError
-
-        user.append(VLLMNotInstalledError)
-    return tuple(user), tuple(never)
+    user = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+            ConnectionError, TimeoutError, yaml.YAMLError, NonFiniteWeightsError, UserError)
+    return user, (ShowTraceback,)
 
 
 def user_message(exc: BaseException) -> str | None:

@@ -25,7 +25,7 @@ import yaml
 from sdar.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config, nest_dotted, validate
 from sdar.envs.registry import find_env_spec
 from sdar.envs.spec import EpisodeScores, EvalColumns
-from sdar.report import (
+from sdar.intervals import (
     BOOTSTRAP_RESAMPLES,
     Z_95,
     Interval,
@@ -188,7 +188,7 @@ def summarise_seeds(per_seed: Sequence[Sequence[EpisodeOutcome]], env: str, *,
 
     Default: a t-interval over seeds for two or more seeds, the across-episode interval of
     :func:`episode_intervals` for one. ``bounded=True`` keeps every interval within the metric's range [0, 100]:
-    a percentile bootstrap over the seeds and the episodes within each seed (:func:`~sdar.report.bootstrap_interval`;
+    a percentile bootstrap over the seeds and the episodes within each seed (:func:`~sdar.intervals.bootstrap_interval`;
     a mean over groups, such as ``em/avg``, resamples the episodes of each group separately), or, for one seed and a
     0/1 metric of one group (success, a task type, EM of one source), the Wilson score interval of its episodes.
     """
@@ -394,28 +394,30 @@ def evaluate_model(cfg: RunConfig, *, checkpoint: str | Path | None = None, seed
     """
     from sdar.metrics import RolloutProgress
     from sdar.rollout.collect import collect_episodes
-    from sdar.runtime import build_runtime
+    from sdar.rollout.plan import mix_seed
+    from sdar.runtime import build
 
     seeds = list(seeds) if seeds else [cfg.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"sampling seeds must be distinct, got {seeds}")
-    rt = build_runtime(cfg)
+    parts = build(cfg)
     try:
         step = None
         if checkpoint is not None:
-            step = load_policy_weights(rt.learner.policy_module, checkpoint)
-        requests = rt.eval_requests()
+            step = load_policy_weights(parts.learner.policy_module, checkpoint)
+        requests = parts.collector.planner.panel().requests
         panel = tuple((r.task.task_id, r.task.task_type, r.seed) for r in requests)
         outcomes: dict[int, tuple[EpisodeOutcome, ...]] = {}
-        for seed in seeds:
-            seeded = dataclasses.replace(rt, cfg=dataclasses.replace(rt.cfg, seed=seed))
-            progress = RolloutProgress(f"eval seed {seed}") if rt.dp.is_main else None
-            trajs = collect_episodes(requests, rt.make_env, rt.generator, rt.tokenizer, seeded.eval_settings(),
+        base = parts.collector.eval_settings
+        for seed in seeds:  # seed k samples as the in-training evaluation of a run with seed k
+            settings = dataclasses.replace(base, sampling=dataclasses.replace(base.sampling, seed=mix_seed(seed, 0, 2)))
+            progress = RolloutProgress(f"eval seed {seed}") if parts.dp.is_main else None
+            trajs = collect_episodes(requests, parts.make_env, parts.generator, parts.tokenizer, settings,
                                      progress=progress)
             outcomes[seed] = tuple(outcome_of(t, cfg.env.name) for t in trajs)
             log.info("eval seed %d: success %.1f%%", seed, metrics_of(outcomes[seed], cfg.env.name)["success"])
     finally:
-        rt.close()
+        parts.close()
     return EvalResult(label=label or cfg.algo.method, env=cfg.env.name, model=cfg.model.name,
                       checkpoint=str(checkpoint) if checkpoint is not None else None, step=step,
                       eval_with_skills=cfg.eval_with_skills, temperature=cfg.eval_temperature, panel=panel,

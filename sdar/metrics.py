@@ -110,6 +110,14 @@ class MultiSink:
             sink.close()
 
 
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a run's ``metrics.jsonl`` in file order (an empty list when the file is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def build_sinks(out_dir: str | Path, *, jsonl: bool = True, tensorboard: bool = True) -> MultiSink:
     """The run's sinks: ``out_dir/metrics.jsonl`` and TensorBoard events under ``out_dir/tensorboard``.
 
@@ -322,3 +330,54 @@ class RolloutProgress:
         self._last = now
         self.lines += 1
         self._write(format_rollout(p, self.label))
+
+
+# --------------------------------------------------------------------------------------------- reading a run
+def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``run_dir/metrics.jsonl`` sorted by step; a step logged twice (a resumed run repeats the steps after
+    its last checkpoint) keeps its last row."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in read_metrics(Path(run_dir) / "metrics.jsonl"):
+        by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def series(rows: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+    """(steps, values × scale) of the rows that logged a finite ``key``."""
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if v is not None and math.isfinite(float(v)):
+            xs.append(float(r["step"]))
+            ys.append(float(v) * scale)
+    return xs, ys
+
+
+def final_and_best(rows: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> dict[str, float] | None:
+    """``{"final", "final_step", "best", "best_step"}`` of ``key`` (the earliest step wins a tie); None if absent."""
+    xs, ys = series(rows, key, scale)
+    if not xs:
+        return None
+    best = max(range(len(ys)), key=lambda i: (ys[i], -xs[i]))
+    return {"final": ys[-1], "final_step": xs[-1], "best": ys[best], "best_step": xs[best]}
+
+
+def last_n_means(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], n: int = 10) -> dict[str, float]:
+    """Mean of each key over the last ``n`` rows that logged it."""
+    out = {}
+    for key in keys:
+        _, ys = series(rows, key)
+        if ys:
+            out[key] = sum(ys[-n:]) / len(ys[-n:])
+    return out
+
+
+def stage_seconds(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean seconds per step of every ``timing/<stage>_s`` metric (``step`` is the whole step)."""
+    keys = sorted({k for r in rows for k in r if k.startswith("timing/") and k.endswith("_s")})
+    out = {}
+    for key in keys:
+        _, ys = series(rows, key)
+        if ys:
+            out[key.removeprefix("timing/").removesuffix("_s")] = sum(ys) / len(ys)
+    return out

@@ -253,3 +253,28 @@ def loss_spec_yaml(cfg: RunConfig, spec: Any, lr: float) -> str:
               "set in config.yaml applied.\n# RLSD's rlsd_lambda is the starting value of its schedule.\n")
     body = {"method": cfg.algo.method, "lr": lr, "loss": dataclasses.asdict(spec)}
     return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def prepare_run_folder(cfg: RunConfig, folder: FolderMode) -> None:
+    """Check (and with ``overwrite`` clear) ``cfg.out_dir`` before a run, and check a resume against the stored
+    config (rank 0 only).
+
+    Raises:
+        RunFolderError: when the folder cannot be used as asked or a resume changes a run-defining setting.
+    """
+    if launcher_rank() != 0:
+        return
+    if cfg.resume and folder == "overwrite":
+        raise RunFolderError("--resume continues the run in out_dir and --overwrite deletes it; give only one")
+    mode: FolderMode = "reuse" if cfg.resume and folder == "new" else folder
+    prepare_folder(cfg.out_dir, TRAIN_LAYOUT, mode=mode, resume_option=True)
+    if cfg.resume:
+        check_resume(cfg.out_dir, cfg)
+
+
+def write_run_settings(cfg: RunConfig, spec: Any, lr: float) -> None:
+    """``config.yaml`` (the resolved configuration) and ``loss_spec.yaml`` (the resolved loss ``spec`` and
+    learning rate ``lr``) in the run folder."""
+    out = Path(cfg.out_dir)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    (out / LOSS_SPEC_FILE).write_text(loss_spec_yaml(cfg, spec, lr))

@@ -19,17 +19,17 @@ Pipeline (``sdar sft``):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,9 +43,11 @@ from sdar.learner.modules import split_model
 from sdar.learner.packing import PackedMicroBatch, choose_layout, make_micro_batches
 from sdar.metrics import RolloutProgress, eta_seconds, format_duration
 from sdar.prompts.parse import parse_action
-from sdar.prompts.render import build_context, fit_prompt
-from sdar.experts import Expert, ExpertKind, ToySearchExpert, expert_for, plan_expert, toy_expert
-from sdar.records import PromptContext
+from sdar.prompts.render import fit_prompt
+from sdar.envs.experts import ToySearchExpert, plan_expert, toy_expert
+from sdar.envs.registry import ExpertKind, expert_for
+from sdar.envs.spec import Expert
+from sdar.data.demos import ExpertTurn, episode_seed, expert_turns
 
 if TYPE_CHECKING:
     from sdar.rollout.collect import TurnProgress
@@ -62,7 +64,6 @@ __all__ = [
     "expert_for",
     "expert_turns",
     "freeze_lower_layers",
-    "main",
     "measure",
     "plan_expert",
     "reasoning_line",
@@ -85,99 +86,6 @@ REASONING_TEMPLATES = (
 )
 """One-sentence reasoning lines of the targets; ``{goal}`` is the goal without its final period."""
 
-
-
-# ------------------------------------------------------------------------------------------------ demonstrations
-@dataclass(frozen=True)
-class ExpertTurn:
-    """One demonstrated decision: the context the collector would render and the expert's (admissible) action."""
-
-    task_id: str
-    task_type: str
-    episode_seed: int
-    index: int
-    """Turn index within the episode (= ``context.step``)."""
-    context: PromptContext
-    """Built with ``build_context`` exactly as ``collect_episodes`` builds it (before prompt fitting)."""
-    action: str
-    """The action as the environment received it (the matching admissible entry when there is a list)."""
-    privileged: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    """The environment's privileged information in this state (e.g. the remaining ``expert_plan``)."""
-
-
-def episode_seed(seed: int, index: int, *, purpose: str = "demo") -> int:
-    """A 31-bit reset seed for the ``index``-th episode of ``purpose`` (``"demo"`` or ``"eval"``) of a run."""
-    digest = hashlib.sha256(f"sft:{purpose}:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def expert_turns(
-    make_env: EnvFactory,
-    tasks: Sequence[TaskSpec],
-    *,
-    expert: Expert,
-    history_length: int,
-    max_turns: int,
-    seed: int,
-    keep_failed: bool = False,
-    style: str = "",
-) -> list[ExpertTurn]:
-    """Play every task with ``expert`` and record each turn's prompt context and action.
-
-    Episode ``i`` is reset with ``episode_seed(seed, i)``. History pairs are (observation the turn saw, action), as
-    in the collector. An episode whose expert action is not admissible, whose expert fails, or (unless
-    ``keep_failed``) that is not won within ``max_turns`` is dropped with a warning. ``style`` is the prompt style
-    of the recorded contexts.
-
-    Returns:
-        The turns of the kept episodes, episode by episode, in task order.
-    """
-    out: list[ExpertTurn] = []
-    dropped = 0
-    for i, task in enumerate(tasks):
-        turns, won = _play(make_env, task, expert, history_length, max_turns, episode_seed(seed, i), style)
-        if turns is None or not (won or keep_failed):
-            dropped += 1
-            continue
-        out.extend(turns)
-    if dropped:
-        logger.warning("dropped %d of %d expert episodes (expert failed or did not win)", dropped, len(tasks))
-    return out
-
-
-def _play(
-    make_env: EnvFactory, task: TaskSpec, expert: Expert, history_length: int, max_turns: int, seed: int,
-    style: str = "",
-) -> tuple[list[ExpertTurn] | None, bool]:
-    """One expert episode; ``(None, False)`` when the expert fails or proposes an inadmissible action."""
-    env = make_env()
-    try:
-        observation, info = env.reset(task_id=task.task_id, seed=seed)
-        history: list[tuple[str, str]] = []
-        turns: list[ExpertTurn] = []
-        for turn in range(max_turns):
-            ctx = build_context(
-                env.name, info.goal, turn, observation, info.admissible_actions, history, history_length, style
-            )
-            try:
-                proposed = expert(env, observation, info)
-            except Exception:  # noqa: BLE001 - a failing expert only loses its episode
-                logger.warning("expert failed on task %s, turn %d", task.task_id, turn, exc_info=True)
-                return None, False
-            parsed = parse_action(f"<think></think><action>{proposed}</action>", info.admissible_actions or None)
-            if not parsed.valid:
-                logger.warning("expert action %r on task %s is not admissible", proposed, task.task_id)
-                return None, False
-            turns.append(ExpertTurn(task.task_id, info.task_type or task.task_type, seed, turn, ctx, parsed.action,
-                                    dict(info.privileged)))
-            result = env.step(parsed.action)
-            history.append((observation, parsed.action))
-            observation, info = result.observation, result.info
-            if result.terminated or result.truncated:
-                return turns, bool(result.info.won)
-        return turns, False
-    finally:
-        env.close()
 
 
 def _pick(key: str, n: int) -> int:
@@ -495,6 +403,47 @@ def measure(
 
 
 # ----------------------------------------------------------------------------------------------------- the run
+_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("sdar_sft_checks", default=True)
+
+
+def checks_enabled() -> bool:
+    """Whether ``SFTConfig`` checks its values on construction (off while :func:`main` parses the command line)."""
+    return _CHECKS.get()
+
+
+@contextlib.contextmanager
+def _checks_deferred() -> Iterator[None]:
+    token = _CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _CHECKS.reset(token)
+
+
+def sft_config_problems(cfg: "SFTConfig") -> list[str]:
+    """What is wrong with ``cfg`` (empty when it can run): NaN or infinite numbers first, then values out of range."""
+    from sdar.config import nonfinite_fields
+
+    out = nonfinite_fields(cfg)
+    if out:
+        return out
+    for name in ("num_tasks", "epochs", "batch_rows", "batch_tokens", "max_turns", "max_prompt_tokens",
+                 "eval_max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            out.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("history_length", "eval_tasks", "train_layers", "warmup_steps", "num_threads"):
+        if getattr(cfg, name) < 0:
+            out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 < cfg.lr < 1:
+        out.append(f"lr must be in (0, 1), got {cfg.lr}")
+    for name in ("eval_temperature", "weight_decay"):
+        if getattr(cfg, name) < 0:
+            out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.privileged_fraction <= 1:
+        out.append(f"privileged_fraction must be in [0, 1], got {cfg.privileged_fraction}")
+    return out
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     """Supervised warm start on expert demonstrations (``sdar sft``)."""
@@ -567,8 +516,6 @@ class SFTConfig:
     """Also measure the trained model with the privileged text in every prompt (how much the context helps)."""
 
     def __post_init__(self) -> None:
-        from sdar.sft_cli import checks_enabled, sft_config_problems
-
         problems = sft_config_problems(self) if checks_enabled() else []
         if problems:
             raise ValueError("; ".join(problems))
@@ -709,15 +656,3 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     }
     write_text_atomic(folder / "sft_report.json", json.dumps(report, indent=2) + "\n")
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``sdar sft``: parse the command line, run :func:`run_sft`, print the rates (see :func:`sdar.sft_cli.main`)."""
-    from sdar.sft_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())

@@ -6,56 +6,12 @@ value is reported in one line (by :func:`sdar.cli.main`) instead of in the optio
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-if TYPE_CHECKING:
-    from sdar.sft import SFTConfig
+from sdar.sft import SFTConfig, _checks_deferred, sft_config_problems
 
-__all__ = ["checks_enabled", "main", "sft_config_problems"]
-
-_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("sdar_sft_checks", default=True)
-
-
-def checks_enabled() -> bool:
-    """Whether ``SFTConfig`` checks its values on construction (off while :func:`main` parses the command line)."""
-    return _CHECKS.get()
-
-
-@contextlib.contextmanager
-def _checks_deferred() -> Iterator[None]:
-    token = _CHECKS.set(False)
-    try:
-        yield
-    finally:
-        _CHECKS.reset(token)
-
-
-def sft_config_problems(cfg: SFTConfig) -> list[str]:
-    """What is wrong with ``cfg`` (empty when it can run): NaN or infinite numbers first, then values out of range."""
-    from sdar.config import nonfinite_fields
-
-    out = nonfinite_fields(cfg)
-    if out:
-        return out
-    for name in ("num_tasks", "epochs", "batch_rows", "batch_tokens", "max_turns", "max_prompt_tokens",
-                 "eval_max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            out.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("history_length", "eval_tasks", "train_layers", "warmup_steps", "num_threads"):
-        if getattr(cfg, name) < 0:
-            out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if not 0 < cfg.lr < 1:
-        out.append(f"lr must be in (0, 1), got {cfg.lr}")
-    for name in ("eval_temperature", "weight_decay"):
-        if getattr(cfg, name) < 0:
-            out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if not 0 <= cfg.privileged_fraction <= 1:
-        out.append(f"privileged_fraction must be in [0, 1], got {cfg.privileged_fraction}")
-    return out
-
+__all__ = ["main"]
 
 def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """Pull ``--config FILE`` / ``--config=FILE`` out of ``argv``."""

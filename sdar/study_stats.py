@@ -13,7 +13,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from sdar.report import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Interval, bootstrap_over_seeds, last_n_means, series
+from sdar.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Interval, bootstrap_over_seeds
+from sdar.metrics import last_n_means, series
 
 __all__ = [
     "EXACT_SIGN_FLIP_MAX",

@@ -62,7 +62,8 @@ def game_corpus(num_tasks: int, *, seed: int = 0) -> Iterator[str]:
     from sdar.envs.registry import make_env_factory
     from sdar.envs.toy import TASK_TYPES, ToyTaskSource
     from sdar.prompts.render import render_user_message
-    from sdar.sft import expert_for, expert_turns
+    from sdar.data.demos import expert_turns
+    from sdar.envs.registry import expert_for
 
     make_env = make_env_factory("toy", max_turns=30)
     tasks = ToyTaskSource(seed=seed, num_train=num_tasks, task_types=TASK_TYPES).tasks("train")

@@ -1,4 +1,5 @@
-"""Architecture rules: import boundaries, optional heavy packages in one module each, module size, no prints."""
+"""Architecture rules: import boundaries, no import cycles, commands above the library, optional heavy packages in
+one module each, module size, no prints."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ MAX_LINES = 800
 # heavy optional package -> the one module allowed to import it (inside a function, never at module level)
 HEAVY = {
     "vllm": {"sdar/rollout/vllm_engine.py"},
-    "ray": {"sdar/distributed/ray_backend.py"},
+    "ray": set(),  # no module may import it
     "alfworld": {"sdar/envs/alfworld/_engine.py"},
     "textworld": {"sdar/envs/alfworld/_engine.py"},
     "fast_downward": {"sdar/envs/alfworld/_engine.py"},
@@ -31,6 +32,9 @@ HEAVY = {
     "matplotlib": {"sdar/plots.py"},
 }
 STDLIB = set(sys.stdlib_module_names)
+COMMANDS = {"sdar.cli", "sdar.train", "sdar.sft", "sdar.sft_cli", "sdar.evaluate", "sdar.compare", "sdar.report",
+            "sdar.demo", "sdar.__main__"}
+"""The user-facing commands: the layer above the library. No library module imports one of them."""
 
 
 def rel(path: Path) -> str:
@@ -117,3 +121,92 @@ def test_light_imports_do_not_pull_heavy_stacks():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Package module -> the package modules it imports (at any depth of the file, relative imports resolved; an
+    import of ``pkg.mod`` is an edge to ``pkg.mod`` alone, not to ``pkg``'s ``__init__``)."""
+    known = {module_name(p): p for p in MODULES}
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in known)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                for alias in node.names:
+                    sub = f"{module}.{alias.name}"
+                    edges.add(sub if sub in known else module)
+        graph[name] = {e for e in edges if e in known and e != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_has_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, f"import cycles (move the shared piece down a layer): {found}"
+
+
+def test_library_modules_do_not_import_the_commands():
+    graph = import_graph()
+    assert COMMANDS - {"sdar.__main__"} <= set(graph), "a command module was moved; update COMMANDS"
+    bad = {m: sorted(targets & COMMANDS) for m, targets in graph.items() if m not in COMMANDS and targets & COMMANDS}
+    assert not bad, f"library modules import commands (the layer above them): {bad}"
+

@@ -57,3 +57,15 @@ def test_model_flops_matches_hand_count():
     # two layer norms 16; final norm 8 -> N = 696.
     # Rows of 3 and 3 tokens: 6 * N * T = 6 * 696 * 6 = 25056; attention 6 * L * D * sum(S^2) = 6 * 1 * 8 * 18 = 864.
     assert bench.model_flops(model, [3, 3]) == 25056 + 864
+
+
+def test_gpu_check_cpu_mode_runs_every_check():
+    import os
+
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--cpu"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=420, env={**os.environ, "PY": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "fp32 masters move: yes" in out  # 10 AdamW steps at lr 1e-6 moved >= 99% of the weights
+    assert re.search(r"\| fp32 \| \d+ \|", out) and re.search(r"\| mixed_bf16 \| \d+ \|", out)
+    assert "update plain / sdar time" in out and "gpu_check: done" in out

@@ -216,10 +216,10 @@ SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
 
 def smoke_runtime(tmp_path: Path, **overrides):
     from sdar.config import load_config
-    from sdar.runtime import build_runtime
+    from sdar.runtime import build
 
     base = {"out_dir": str(tmp_path / "run"), "log.sample_every": 0, "log.jsonl": False, "total_steps": 1}
-    return build_runtime(load_config(SMOKE, overrides={**base, **overrides}))
+    return build(load_config(SMOKE, overrides={**base, **overrides}))
 
 
 def spy(rt, name: str) -> list[dict]:
@@ -263,12 +263,15 @@ def test_rollout_old_logprobs_skip_the_student_pass(tmp_path):
     from sdar.train import train_step
 
     rt = smoke_runtime(tmp_path)
-    assert (rt.old_logprobs, rt.mismatch_correction) == ("rollout", "off")  # shared tiny model, per-turn rows
+    assert (rt.old_logprobs.mode, rt.old_logprobs.correction) == ("rollout", "off")  # shared model, per-turn rows
     passes = spy(rt, "logprobs_many")
     metrics = train_step(rt, 0)
     rt.close()
-    assert len(passes) == 1 and len(passes[0]["args"][0]) == 1  # only the teacher view is scored
+    assert len(passes) == 1 and len(passes[0]["args"][0]) == 2  # the check sample and the teacher view
+    check, teacher = passes[0]["args"][0]
+    assert check.size == min(8, teacher.size) < teacher.size  # the student rows are not all scored again
     assert not any(k.startswith("mismatch/") for k in metrics) and "sdar/gap_pre_mean" in metrics
+    assert metrics["rollout/logprob_diff_max"] < 1e-4
 
 
 def test_recompute_logs_the_drift_and_it_is_zero_for_the_shared_generator(tmp_path):
@@ -287,7 +290,7 @@ def test_correction_passes_weights_to_the_learner(tmp_path):
     from sdar.train import train_step
 
     rt = smoke_runtime(tmp_path, **{"algo.mismatch_correction": "mis", "algo.mismatch_level": "sequence"})
-    assert (rt.old_logprobs, rt.mismatch_correction) == ("recompute", "mis")  # auto recomputes for the correction
+    assert (rt.old_logprobs.mode, rt.old_logprobs.correction) == ("recompute", "mis")  # auto recomputes for it
     updates = spy(rt, "train_step")
     metrics = train_step(rt, 0)
     rt.close()
@@ -302,7 +305,7 @@ def test_correction_passes_weights_to_the_learner(tmp_path):
 def test_inexact_rollout_logprobs_are_recomputed(tmp_path, overrides):
     rt = smoke_runtime(tmp_path, **overrides)
     rt.close()
-    assert rt.old_logprobs == "recompute"
+    assert rt.old_logprobs.mode == "recompute"
 
 
 @pytest.mark.parametrize(
@@ -340,7 +343,13 @@ def test_a_generator_with_its_own_weights_sleeps_for_the_update_and_gets_the_new
         def load_weights(self, named_tensors):
             events.append(f"load_weights:{sum(1 for _ in named_tensors) > 0}")
 
-    rt.generator, rt.generator_is_policy = OwnCopy(rt.generator), False
+    import dataclasses
+
+    from sdar.runtime import WeightSync
+
+    own = OwnCopy(rt.generator)
+    rt = dataclasses.replace(rt, generator=own, weights=WeightSync(own, rt.learner, shared=False),
+                             collector=dataclasses.replace(rt.collector, generator=own))
     train_step(rt, 0)
     rt.close()
     first_sleep = events.index("sleep")

@@ -58,17 +58,18 @@ DRIVER = textwrap.dedent(
     import logging
     import sys
 
-    from sdar.runtime import Runtime
+    from sdar.rollout.collector import Collector
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    plain = Runtime.collect_settings
+    plain = Collector.train
 
     def greedy(self, step):
-        s = plain(self, step)
-        return dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, temperature=0.0))
+        s = self.train_settings
+        s = dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, temperature=0.0))
+        return plain(dataclasses.replace(self, train_settings=s), step)
 
-    Runtime.collect_settings = greedy
+    Collector.train = greedy
 
     from sdar.cli import cmd_train
     from sdar.distributed import DataParallel, finish
@@ -94,15 +95,16 @@ DRIVER = textwrap.dedent(
 def _greedy_rollouts(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from sdar.runtime import Runtime
+    from sdar.rollout.collector import Collector
 
-    plain = Runtime.collect_settings
+    plain = Collector.train
 
     def greedy(self, step):
-        s = plain(self, step)
-        return dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, temperature=0.0))
+        s = self.train_settings
+        s = dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, temperature=0.0))
+        return plain(dataclasses.replace(self, train_settings=s), step)
 
-    monkeypatch.setattr(Runtime, "collect_settings", greedy)
+    monkeypatch.setattr(Collector, "train", greedy)
 
 
 def _free_port() -> int:

@@ -27,7 +27,7 @@ from sdar.evaluate import (
     table_columns,
 )
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint
-from sdar.report import Interval, markdown_table, seed_interval, t_quantile
+from sdar.intervals import Interval, markdown_table, seed_interval, t_quantile
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"

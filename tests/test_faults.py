@@ -32,15 +32,15 @@ import torch
 
 import sdar.rollout.collect as collect
 import sdar.runtime as runtime
-import sdar.train as train_mod
+import sdar.rollout.collector as collector_mod
 from sdar.cli import main as sdar_main
 from sdar.config import load_config
-from sdar.demo import read_metrics
+from sdar.metrics import read_metrics
 from sdar.envs.base import EnvCrashed
 from sdar.learner.checkpoint import MODEL_FILE, OPTIMIZER_FILE, latest_checkpoint, load_checkpoint
 from sdar.learner.local import LocalLearner
 from sdar.prompts.parse import ParsedAction
-from sdar.report import load_rows
+from sdar.metrics import load_rows
 from sdar.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +91,11 @@ def stable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Recorder:
-    """Counts rollouts (calls of the trainer's ``collect_episodes``) and keeps their trajectories."""
+    """Counts rollouts (calls of the collector's ``collect_episodes``) and keeps their trajectories."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.rollouts: list[list[Any]] = []
-        real = train_mod.collect_episodes
+        real = collector_mod.collect_episodes
 
         def collect_episodes(*args: Any, **kwargs: Any) -> list[Any]:
             self.rollouts.append([])  # the rollout in progress has index len(self.rollouts) - 1
@@ -103,7 +103,7 @@ class Recorder:
             self.rollouts[-1] = trajs
             return trajs
 
-        monkeypatch.setattr(train_mod, "collect_episodes", collect_episodes)
+        monkeypatch.setattr(collector_mod, "collect_episodes", collect_episodes)
 
     @property
     def current(self) -> int:

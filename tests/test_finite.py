@@ -23,7 +23,7 @@ from sdar.learner import LocalLearner
 from sdar.learner.checkpoint import latest_checkpoint
 from sdar.sft import SFTConfig
 from sdar.tiny import byte_tokenizer, tiny_model
-from sdar.train import _save, nonfinite_weights
+from sdar.run_checkpoint import nonfinite_weights, save
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -163,13 +163,13 @@ def _runtime(learner: LocalLearner, tmp_path: Path) -> SimpleNamespace:
 def test_save_refuses_non_finite_weights(tmp_path):
     learner = LocalLearner(tiny_model(VOCAB), lr=1e-3)
     rt = _runtime(learner, tmp_path)
-    _save(rt, 0)  # finite: written and latest
+    save(rt, 0)  # finite: written and latest
     first = latest_checkpoint(rt.ckpt_dir)
     assert first is not None and first.name == "step_000000"
     with torch.no_grad():
         learner.params[1].view(-1)[3] = float("inf")
     with pytest.raises(NonFiniteWeightsError, match="not finite") as err:
-        _save(rt, 1)
+        save(rt, 1)
     assert "step_000000" in str(err.value)  # names the checkpoint that stays the latest
     assert latest_checkpoint(rt.ckpt_dir) == first
     assert sorted(p.name for p in rt.ckpt_dir.glob("step_*")) == ["step_000000"]

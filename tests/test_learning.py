@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sdar.config import load_config
-from sdar.report import load_rows
+from sdar.metrics import load_rows
 from sdar.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -218,13 +218,13 @@ def test_lora_run_trains_only_the_adapter_against_the_adapter_off_reference(tmp_
 
     from sdar.config import load_config
     from sdar.models import load_model
-    from sdar.runtime import build_runtime
+    from sdar.runtime import build
     from sdar.train import train_step
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
     cfg = load_config(smoke, overrides={"out_dir": str(tmp_path / "run"), "log.sample_every": 0, "log.jsonl": False,
                                         "model.lora_rank": 4, "optim.lr": 1e-2})
-    rt = build_runtime(cfg)
+    rt = build(cfg)
     assert isinstance(rt.learner.reference_model, AdapterOffReference)  # no deep copy of the model
     assert rt.generator.model is inner_model(rt.learner.policy_module)
     base = load_model("tiny-random").state_dict()

@@ -172,17 +172,17 @@ def test_the_generator_samples_under_the_learners_autocast():
 
 @pytest.mark.parametrize("precision", ["mixed_bf16", "pure_bf16"])
 def test_runtime_wires_the_precision(tmp_path, caplog, precision):
-    from sdar.runtime import build_runtime
+    from sdar.runtime import build
 
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "model.precision": precision})
     with caplog.at_level(logging.WARNING):
-        rt = build_runtime(cfg)
+        rt = build(cfg)
     try:
         weights = {p.dtype for p in rt.learner.model.parameters()}
         if precision == "mixed_bf16":
             assert weights == {FP32}
             assert rt.learner.autocast_dtype == BF16 and rt.generator.autocast_dtype == BF16
-            assert rt.old_logprobs == "recompute"  # bf16 sampling and scoring still round differently
+            assert rt.old_logprobs.mode == "recompute"  # bf16 sampling and scoring still round differently
             assert "pure_bf16" not in caplog.text
         else:
             assert weights == {BF16}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sdar.config import load_config
-from sdar.report import final_and_best, gap_position_keys, gap_turn_keys, last_n_means, load_rows, main, stage_seconds, write_report
+from sdar.metrics import final_and_best, last_n_means, load_rows, stage_seconds
+from sdar.report import gap_position_keys, gap_turn_keys, main, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -117,7 +118,7 @@ def test_overlaid_histograms_write_a_png_and_reject_empty_input(tmp_path):
 
 # ------------------------------------------------------------------------------------------- bounded intervals
 def test_wilson_interval_by_hand():
-    from sdar.report import Z_95, normal_quantile, wilson_interval
+    from sdar.intervals import Z_95, normal_quantile, wilson_interval
 
     assert normal_quantile(0.975) == pytest.approx(Z_95, abs=1e-9)
     assert normal_quantile(0.5) == pytest.approx(0.0, abs=1e-12)
@@ -141,7 +142,7 @@ def test_wilson_interval_by_hand():
 
 
 def test_two_level_bootstrap_stays_within_zero_and_one():
-    from sdar.report import bootstrap_seeds_episodes
+    from sdar.intervals import bootstrap_seeds_episodes
 
     zeros = bootstrap_seeds_episodes([[0] * 64 for _ in range(5)])
     ones = bootstrap_seeds_episodes([[1] * 64 for _ in range(5)])
@@ -156,7 +157,7 @@ def test_two_level_bootstrap_stays_within_zero_and_one():
 
 
 def test_bootstrap_resamples_episodes_within_each_seed_and_group():
-    from sdar.report import bootstrap_interval
+    from sdar.intervals import bootstrap_interval
 
     # one seed, so only episodes vary: groups [1, 0] and [1, 1, 1, 0] -> (0.5 + 0.75) / 2 = 0.625
     iv = bootstrap_interval([[[1.0, 0.0], [1.0, 1.0, 1.0, 0.0]]], bounds=(0.0, 1.0))
@@ -170,7 +171,7 @@ def test_bootstrap_resamples_episodes_within_each_seed_and_group():
 
 
 def test_bootstrap_over_seeds_by_hand():
-    from sdar.report import bootstrap_over_seeds
+    from sdar.intervals import bootstrap_over_seeds
 
     # [50, 75]: resampled means are 50, 62.5 or 75 with probabilities 1/4, 1/2, 1/4 -> percentiles 50 and 75
     iv = bootstrap_over_seeds([50.0, 75.0], bounds=(0.0, 100.0))
@@ -181,7 +182,7 @@ def test_bootstrap_over_seeds_by_hand():
 
 
 def test_interval_bounds_and_old_json():
-    from sdar.report import Interval
+    from sdar.intervals import Interval
 
     iv = Interval.from_bounds(62.5, 55.1, 69.4, 5, "bootstrap")
     assert iv.cell() == "62.5 [55.1, 69.4]" and iv.half_width == pytest.approx(7.15)
@@ -197,7 +198,7 @@ def test_interval_bounds_and_old_json():
 
 
 def test_metric_range():
-    from sdar.report import metric_range
+    from sdar.intervals import metric_range
 
     assert metric_range("eval/success", 100.0) == (0.0, 100.0)
     assert metric_range("success/pick_and_place_simple", 100.0) == (0.0, 100.0)

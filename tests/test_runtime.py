@@ -12,7 +12,8 @@ import torch
 
 from sdar.config import load_config
 from sdar.records import PromptContext, Trajectory, Turn
-from sdar.runtime import build_runtime, choose_layout, episode_requests, resolve_spec
+from sdar.learner.packing import choose_layout
+from sdar.runtime import build, resolve_spec
 from sdar.stats import gap_by_turn, rollout_metrics, row_scores
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
@@ -40,8 +41,8 @@ def test_layout_auto_packs_only_under_flash_attention():
 def test_episode_requests_share_seed_and_group_and_walk_the_data_cursor(tmp_path):
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "rollout.tasks_per_step": 3,
                                         "rollout.group_size": 4, "teacher.source": "skills"})
-    rt = build_runtime(cfg)
-    reqs = episode_requests(rt, 0)
+    rt = build(cfg)
+    reqs = rt.collector.planner.step(0).requests
     assert len(reqs) == 12
     for g in range(3):
         group = reqs[4 * g: 4 * g + 4]
@@ -49,13 +50,13 @@ def test_episode_requests_share_seed_and_group_and_walk_the_data_cursor(tmp_path
         assert len({r.task.task_id for r in group}) == 1
         assert "skills" in group[0].privileged and group[0].privileged["skills"].strip()
     assert len({r.episode_id for r in reqs}) == 12
-    again = episode_requests(rt, 0)
+    again = rt.collector.planner.step(0).requests
     assert [(r.task, r.seed, r.episode_id) for r in again] == [(r.task, r.seed, r.episode_id) for r in reqs]
     # one epoch over the train split visits every task exactly once
-    n = len(rt.train_tasks)
-    seen = [r.task.task_id for s in range(n // 3) for r in episode_requests(rt, s)[::4]]
+    n = len(rt.collector.planner.train_tasks)
+    seen = [r.task.task_id for s in range(n // 3) for r in rt.collector.planner.step(s).requests[::4]]
     assert len(seen) == len(set(seen)) == (n // 3) * 3
-    assert episode_requests(rt, 1)[0].seed != reqs[0].seed
+    assert rt.collector.planner.step(1).requests[0].seed != reqs[0].seed
     rt.close()
 
 
@@ -104,26 +105,26 @@ def test_gap_by_turn_by_hand():
 def test_evaluation_sees_privileged_context_only_when_asked(tmp_path):
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "algo.method": "skill_grpo",
                                         "teacher.source": "skills"})
-    rt = build_runtime(cfg)
-    assert rt.collect_settings(0).student_privileged_source == "skills"  # Skill-GRPO trains with skills
-    assert rt.eval_settings().student_privileged_source is None  # ... and is evaluated without them
+    rt = build(cfg)
+    assert rt.collector.train_settings.student_privileged_source == "skills"  # Skill-GRPO trains with skills
+    assert rt.collector.eval_settings.student_privileged_source is None  # ... and is evaluated without them
     rt.close()
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "algo.method": "grpo", "eval_with_skills": True})
-    rt = build_runtime(cfg)
-    assert rt.collect_settings(0).student_privileged_source is None
-    assert rt.eval_settings().student_privileged_source == "skills"
-    assert all(r.privileged.get("skills") for r in rt.eval_requests())
+    rt = build(cfg)
+    assert rt.collector.train_settings.student_privileged_source is None
+    assert rt.collector.eval_settings.student_privileged_source == "skills"
+    assert all(r.privileged.get("skills") for r in rt.collector.planner.panel().requests)
     rt.close()
 
 
 def test_evaluation_does_not_pull_the_ucb_bandit(tmp_path):
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "algo.method": "sdar", "teacher.source": "skills",
                                         "teacher.retrieval": "ucb"})
-    rt = build_runtime(cfg)
+    rt = build(cfg)
     before = rt.retriever.state_dict()
-    assert all(r.privileged.get("skills") for r in rt.eval_requests())
+    assert all(r.privileged.get("skills") for r in rt.collector.planner.panel().requests)
     assert rt.retriever.state_dict() == before
-    rt.requests_for(rt.eval_tasks[:1], first_group=0, group_size=2, seed_base=0)  # training queries do count
+    rt.collector.planner.requests_for(rt.collector.planner.eval_tasks[:1], first_group=0, group_size=2, seed_base=0)  # training queries do count
     assert rt.retriever.state_dict() != before
     rt.close()
 
@@ -159,13 +160,13 @@ def _plan_turn(index: int, plan: str, admissible: tuple[str, ...]) -> Turn:
 def test_teacher_sees_each_turns_own_plan_and_hint_noise_corrupts_it(tmp_path, noise):
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "teacher.source": "expert_plan",
                                         "teacher.hint_noise": noise})
-    rt = build_runtime(cfg)
+    rt = build(cfg)
     admissible = ("go to cabinet 2", "go to drawer 1", "look")
     first = _plan_turn(0, "1. go to cabinet 2\n2. open cabinet 2", admissible)
     second = _plan_turn(1, "1. open cabinet 2", ("open cabinet 2", "look"))
     traj = Trajectory(task_id="t", task_type="t", group_id=0, episode_id=5, seed=0, turns=(first, second),
                       won=False, privileged={"expert_plan": "1. go to cabinet 2\n2. open cabinet 2"})
-    texts = [rt.tokenizer.decode(list(ids)) for ids in rt.teacher_prompts([traj])]
+    texts = [rt.tokenizer.decode(list(ids)) for ids in rt.teacher.rows([traj]).prompts]
     if noise == 0.0:  # each turn's own plan, re-made from that state
         assert "1. go to cabinet 2\n2. open cabinet 2" in texts[0] and "1. open cabinet 2\n" in texts[1]
     else:  # every hint's next step is another admissible action
@@ -185,14 +186,14 @@ def test_hint_noise_is_validated(tmp_path):
 
 def test_env_task_types_restrict_both_splits(tmp_path):
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "env.task_types": ["pick_and_place"]})
-    rt = build_runtime(cfg)
-    assert {t.task_type for t in rt.train_tasks} == {t.task_type for t in rt.eval_tasks} == {"pick_and_place"}
-    assert len(rt.eval_tasks) >= 64
+    rt = build(cfg)
+    assert {t.task_type for t in rt.collector.planner.train_tasks} == {t.task_type for t in rt.collector.planner.eval_tasks} == {"pick_and_place"}
+    assert len(rt.collector.planner.eval_tasks) >= 64
     rt.close()
 
 
 def test_rloo_turn_rows_take_the_other_episodes_as_baseline(tmp_path):
-    from sdar.train import step_advantages
+    from sdar.rows import step_advantages
 
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "algo.advantage": "rloo"})
     # one group: A (2 turns, return 10, second turn invalid), B (1 turn, return 0), C (3 turns, return 4)
@@ -202,34 +203,36 @@ def test_rloo_turn_rows_take_the_other_episodes_as_baseline(tmp_path):
     scores = row_scores([a, b, c], 0.1)  # [10, 9.9, 0, 4, 4, 4]
     # episode scores (mean of rows): A 9.95, B 0, C 4 -> baselines A 2, B 6.975, C 4.975
     want = torch.tensor([8.0, 7.9, -6.975, -0.975, -0.975, -0.975])
-    torch.testing.assert_close(step_advantages(cfg, [a, b, c], scores), want)
+    torch.testing.assert_close(step_advantages([a, b, c], scores, estimator=cfg.algo.advantage,
+                                                adv_stats=cfg.algo.adv_stats, invalid_penalty=0.1), want)
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
 def test_conversation_rows_carry_the_episode_score_with_every_penalty(tmp_path, advantage):
     from sdar.tiny import byte_tokenizer
-    from sdar.train import build_batch, view_advantages
+    from sdar.rows import build_batch, view_advantages
 
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "rollout.view": "conversation",
                                         "algo.advantage": advantage})
     # A wins but has invalid turns 1 and 2 -> 10 - 0.2 = 9.8; B wins in one valid turn -> 10
     a = _traj([_turn(0, True), _turn(1, False), _turn(2, False), _turn(3, True, reward=10.0)], won=True)
     b = _traj([_turn(0, True, reward=10.0)], won=True, episode=1)
-    adv = view_advantages(cfg, [a, b])
+    adv = view_advantages([a, b], view="conversation", estimator=advantage, adv_stats=cfg.algo.adv_stats,
+                          invalid_penalty=cfg.env.invalid_penalty)
     # grpo over the group's two episodes: (x - 9.9) / std([9.8, 10]) = -/+ 0.70711; rloo: x - the other one
     want = [-0.70711, 0.70711] if advantage == "grpo" else [-0.2, 0.2]
     torch.testing.assert_close(adv, torch.tensor(want), atol=1e-4, rtol=0)
-    batch = build_batch(types.SimpleNamespace(cfg=cfg, tokenizer=byte_tokenizer()), [a, b], adv)
+    batch = build_batch([a, b], adv, view="conversation", tokenizer=byte_tokenizer())
     for row, value in enumerate(want):  # every sampled token of the episode carries its advantage
         assert torch.allclose(batch.advantages[row][batch.loss_mask[row]], torch.tensor(value), atol=1e-4)
 
 
 def test_collect_settings_carry_the_invalid_rule(tmp_path):
-    rt = build_runtime(load_config(SMOKE, overrides={"out_dir": str(tmp_path)}))
-    assert rt.collect_settings(0).invalid_rule == "format" and rt.eval_settings().invalid_rule == "format"
+    rt = build(load_config(SMOKE, overrides={"out_dir": str(tmp_path)}))
+    assert rt.collector.train_settings.invalid_rule == "format" and rt.collector.eval_settings.invalid_rule == "format"
     rt.close()
-    rt = build_runtime(load_config(SMOKE, overrides={"out_dir": str(tmp_path), "env.invalid_rule": "admissible"}))
-    assert rt.collect_settings(0).invalid_rule == "admissible" and rt.eval_settings().invalid_rule == "admissible"
+    rt = build(load_config(SMOKE, overrides={"out_dir": str(tmp_path), "env.invalid_rule": "admissible"}))
+    assert rt.collector.train_settings.invalid_rule == "admissible" and rt.collector.eval_settings.invalid_rule == "admissible"
     rt.close()
 
 
@@ -259,22 +262,22 @@ class _LookGenerator:
 
 def test_keyword_retrieval_reads_the_goal_the_environment_reports(tmp_path):
     from sdar.rollout.collect import collect_episodes
-    from sdar.runtime import settled_retrievals
 
     cfg = load_config(SMOKE, overrides={
         "out_dir": str(tmp_path / "run"), "teacher.source": "skills", "env.max_turns": 1,
         "teacher.skills_dir": str(keyword_only_library(tmp_path / "skills")),
         "env.task_types": ["pick_heat_then_place"],  # goals read "put a hot ... in/on the ..."
     })
-    rt = build_runtime(cfg)
-    requests = episode_requests(rt, 0)
+    rt = build(cfg)
+    plan = rt.collector.planner.step(0)
+    requests = plan.requests
     trajs = collect_episodes(requests, rt.make_env, _LookGenerator(rt.tokenizer), rt.tokenizer,
-                             rt.collect_settings(0))
+                             rt.collector.train_settings)
     assert all(" hot " in t.turns[0].context.goal for t in trajs)
     assert all("## Skills: heating" in t.privileged["skills"] for t in trajs)
-    assert all("HEAT THE OBJECT" in rt.tokenizer.decode(list(ids)) for ids in rt.teacher_prompts(trajs))
+    assert all("HEAT THE OBJECT" in rt.tokenizer.decode(list(ids)) for ids in rt.teacher.rows(trajs).prompts)
     # one retrieval per task group, in request order, for the bandit update and the skill metrics
-    retrievals = settled_retrievals(rt.last_retrievals)
+    retrievals = plan.settled()
     assert len(retrievals) == len(requests) and all(r.skill_names == ("heating",) for r in retrievals)
     assert retrievals[0] is retrievals[1]  # the two episodes of a group share their task's retrieval
     rt.close()
@@ -284,7 +287,7 @@ def test_teacher_history_dropped_counts_rows_whose_teacher_saw_less_history(tmp_
     from sdar.prompts.render import encode_prompt, render_messages
 
     cfg = load_config(SMOKE, overrides={"out_dir": str(tmp_path), "teacher.source": "expert_plan"})
-    rt = build_runtime(cfg)
+    rt = build(cfg)
     plan = "1. open the fridge 1\n2. take the apple 1 from the fridge 1\n3. " + "look around carefully " * 10
     goal = "put an apple in the fridge."
     pairs = (("you see a fridge 1 and a drawer 1 " * 3, "go to fridge 1"), ("the fridge 1 is closed " * 3, "look"))
@@ -296,12 +299,11 @@ def test_teacher_history_dropped_counts_rows_whose_teacher_saw_less_history(tmp_
                        observation="o", done=False, privileged={"expert_plan": plan})
                   for k, ctx in enumerate((first, later)))
     traj = Trajectory(task_id="t", task_type="t", group_id=0, episode_id=0, seed=0, turns=turns, won=False)
-    assert rt.teacher_rows([traj]).history_dropped == [False, False]  # the smoke budget holds everything
+    assert rt.teacher.rows([traj]).history_dropped == [False, False]  # the smoke budget holds everything
     # a budget with room for the plan and one history pair, not two: the later row's teacher sees less history
     one_pair = dataclasses.replace(later, history=pairs[1:])
     budget = len(encode_prompt(rt.tokenizer, render_messages(one_pair, privileged=plan)))
-    rt.cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, max_prompt_tokens=budget))
-    rows = rt.teacher_rows([traj])
+    rows = dataclasses.replace(rt.teacher, max_tokens=budget).rows([traj])
     assert rows.history_dropped == [False, True] and rows.history_dropped_share == 0.5
     assert all(len(ids) <= budget for ids in rows.prompts)
     rt.close()

@@ -31,7 +31,6 @@ from sdar.sft import (
     episode_seed,
     expert_for,
     expert_turns,
-    main,
     measure,
     plan_expert,
     reasoning_line,
@@ -43,6 +42,7 @@ from sdar.sft import (
     toy_expert,
     train_sft,
 )
+from sdar.sft_cli import main
 from sdar.tiny import byte_tokenizer
 
 CLEAN = TaskSpec("pick_clean_then_place-train-0-0001", "pick_clean_then_place")  # 8-step plan
@@ -263,7 +263,8 @@ def test_training_reduces_target_nll(tok) -> None:
 
 def test_overfit_one_example_then_greedy_decodes_it_exactly(tok, monkeypatch) -> None:
     # one reset seed for demonstration and measurement, so the measured episode shows the memorised prompt
-    monkeypatch.setattr("sdar.sft.episode_seed", lambda seed, index, purpose="demo": 123)
+    monkeypatch.setattr("sdar.sft.episode_seed", lambda seed, index, purpose="demo": 123)  # measurement
+    monkeypatch.setattr("sdar.data.demos.episode_seed", lambda seed, index, purpose="demo": 123)  # demonstration
     (ex,) = _examples(tok, [GO_TO])
     model = tiny(1)
     n_new = len(ex.target_ids) + 5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdar.config import load_config
-from sdar.demo import read_metrics
+from sdar.metrics import read_metrics
 from sdar.envs.alfworld import generate_games
 from sdar.train import train
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sdar.config import load_config
-from sdar.demo import read_metrics, run_report
+from sdar.demo import run_report
+from sdar.metrics import read_metrics
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint
 from sdar.train import train
 
@@ -161,7 +162,7 @@ def test_environment_workers_give_the_same_run_as_in_process(tmp_path):
 
 
 def test_spread_rows_covers_the_batch_evenly():
-    from sdar.train import spread_rows
+    from sdar.scoring import spread_rows
 
     assert spread_rows(10, 3) == [0, 4, 9] or spread_rows(10, 3) == [0, 5, 9]
     assert spread_rows(5, 8) == [0, 1, 2, 3, 4]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdar.config import load_config
-from sdar.demo import read_metrics
+from sdar.metrics import read_metrics
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint
 from sdar.models import load_model
 from sdar.train import train

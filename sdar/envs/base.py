@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
+from sdar.errors import ShowTraceback, UserError
 from sdar.records import EnvInfo, StepResult
 
 __all__ = [
@@ -87,11 +88,11 @@ class TaskSource(Protocol):
         ...
 
 
-class EnvError(RuntimeError):
+class EnvError(UserError, RuntimeError):
     """Base class of environment errors (misuse of the episode life cycle or a broken backend)."""
 
 
-class EnvCrashed(EnvError):
+class EnvCrashed(ShowTraceback, EnvError):
     """The environment backend failed while running an episode; the episode cannot continue."""
 
 

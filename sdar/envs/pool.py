@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
+from sdar.errors import ShowTraceback
 from sdar.envs.base import EnvCrashed, EnvError, EnvFactory, TextEnv
 from sdar.records import EnvInfo, StepResult
 
@@ -69,7 +70,7 @@ _SHUTDOWN_GRACE_S = 5.0
 """How long ``close`` waits for workers to exit on their own before killing them."""
 
 
-class RemoteEnvError(EnvError):
+class RemoteEnvError(ShowTraceback, EnvError):
     """An exception other than ``EnvError`` raised by an environment inside a worker process.
 
     Attributes:

@@ -10,12 +10,12 @@ depends on nothing in the package), so it keeps a copy of the names and per-envi
 from __future__ import annotations
 
 import difflib
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
 
 from sdar.envs.alfworld.spec import ALFWORLD_SPEC
 from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource
 from sdar.envs.search.spec import SEARCH_SPEC
-from sdar.envs.spec import ActionParser, EnvSpec, OnlyTypes
+from sdar.envs.spec import ActionParser, EnvSpec, Expert, ExpertBuilder, OnlyTypes, plan_expert_builder
 from sdar.envs.toy_spec import TOY_SPEC
 from sdar.envs.webshop.spec import WEBSHOP_SPEC
 from sdar.prompts.parse import parse_action
@@ -25,7 +25,9 @@ __all__ = [
     "ENV_NAMES",
     "ENV_SPECS",
     "WIN_REWARDS",
+    "ExpertKind",
     "default_win_reward",
+    "expert_for",
     "find_env_spec",
     "get_env_spec",
     "get_parser",
@@ -145,3 +147,30 @@ def get_parser(env_name: str) -> ActionParser:
     spec describes."""
     spec = _BY_NAME.get(env_name)
     return spec.parser if spec is not None else parse_action
+
+
+ExpertKind = Literal["auto", "plan", "search"]
+
+
+def expert_for(env_name: str, kind: ExpertKind = "plan") -> Expert:
+    """The demonstrator of kind ``kind`` that the spec of ``env_name`` offers (``EnvSpec.experts``).
+
+    ``"plan"``: one that knows the solution: the optimal solver (``sdar.envs.experts.toy_expert``) for ``toy``, the reported plan
+    (``sdar.envs.experts.plan_expert``) otherwise. ``"search"``: ``ToySearchExpert`` (toy only), which searches for the object
+    instead of knowing where it is. ``"auto"``: the spec's ``default_expert`` (``"search"`` for ``toy``,
+    ``"plan"`` otherwise). An environment no spec describes gets ``plan_expert``.
+
+    Raises:
+        ValueError: for an unknown kind, or a kind the environment does not offer.
+    """
+    spec = find_env_spec(env_name)
+    offered: Mapping[str, ExpertBuilder] = spec.experts if spec is not None else {"plan": plan_expert_builder}
+    chosen: str = kind
+    if kind == "auto":
+        chosen = spec.default_expert if spec is not None else "plan"
+    if chosen in offered:
+        return offered[chosen]()
+    if chosen not in ("plan", "search"):
+        raise ValueError(f"expert must be 'auto', 'plan' or 'search', got {chosen!r}")
+    owners = " and ".join(s.name for s in ENV_SPECS if chosen in s.experts)
+    raise ValueError(f"the {chosen} expert exists for the {owners} environment only, not {env_name!r}; use 'plan'")

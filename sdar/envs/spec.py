@@ -156,9 +156,9 @@ def restrict_types(source: TaskSource, task_types: tuple[str, ...]) -> TaskSourc
 
 
 def plan_expert_builder() -> Expert:
-    """``sdar.experts.plan_expert``: follows the first step of the environment's reported ``expert_plan``.
+    """``sdar.envs.experts.plan_expert``: follows the first step of the environment's reported ``expert_plan``.
 
-    Imported on use because ``sdar.experts`` pulls in the training data stack, which an environment never needs."""
-    from sdar.experts import plan_expert
+    Imported on use because ``sdar.envs.experts`` pulls in the training data stack, which an environment never needs."""
+    from sdar.envs.experts import plan_expert
 
     return plan_expert

@@ -30,14 +30,14 @@ def _tasks(*, seed: int, data_dir: str | None, task_types: tuple[str, ...]) -> T
 
 def _solver() -> Expert:
     """The optimal solver (it knows where the object is)."""
-    from sdar.experts import toy_expert
+    from sdar.envs.experts import toy_expert
 
     return toy_expert
 
 
 def _searcher() -> Expert:
     """A fresh demonstrator that looks for the object receptacle by receptacle, as the agent has to."""
-    from sdar.experts import ToySearchExpert
+    from sdar.envs.experts import ToySearchExpert
 
     return ToySearchExpert()
 

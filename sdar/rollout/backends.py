@@ -1,31 +1,37 @@
-"""Picks the rollout generator named by ``rollout.backend``."""
+"""Picks the rollout generator named by ``rollout.backend`` (flat arguments: config objects stop at the builder)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from sdar.rollout.generator import Generator
+
 __all__ = ["build_generator"]
 
 
-def build_generator(cfg: Any, policy: Any, tokenizer: Any, *, autocast_dtype: Any = None) -> Any:
-    """The rollout generator named by ``cfg.rollout.backend``.
+def build_generator(backend: str, policy: Any, tokenizer: Any, *, batch_size: int = 64,
+                    autocast_dtype: torch.dtype | None = None, model_name: str = "", model_dtype: str = "auto",
+                    seed: int = 0, max_model_len: int = 4096) -> Generator:
+    """The rollout generator named by ``backend``.
 
-    ``hf``: an ``HFGenerator`` sampling with ``policy`` itself, under ``torch.autocast(autocast_dtype)`` when given
-    (the learner's autocast, so sampling and scoring compute alike). ``vllm``: a ``VLLMGenerator`` started on the model
-    folder of ``cfg.model.name`` in ``cfg.model.dtype``; it holds its own weights (so the mismatch correction
-    applies) and is refreshed through ``load_weights`` after every update.
+    ``hf``: an ``HFGenerator`` sampling with ``policy`` itself, ``batch_size`` prompts at a time, under
+    ``torch.autocast(autocast_dtype)`` when given (the learner's autocast, so sampling and scoring compute alike).
+    ``vllm``: a ``VLLMGenerator`` started on the model folder ``model_name`` in ``model_dtype`` with engine length
+    ``max_model_len``; it holds its own weights (so the mismatch correction applies) and is refreshed through
+    ``load_weights`` after every update.
 
     Raises:
         VLLMNotInstalledError: ``vllm`` requested but not installed.
         ValueError: ``vllm`` requested inside a multi-process (torchrun) job, or an unknown backend.
     """
-    backend = cfg.rollout.backend
     if backend == "hf":
         from sdar.rollout.hf import HFGenerator
 
-        return HFGenerator(policy, tokenizer, batch_size=cfg.rollout.batch_size, autocast_dtype=autocast_dtype)
+        return HFGenerator(policy, tokenizer, batch_size=batch_size, autocast_dtype=autocast_dtype)
     if backend != "vllm":
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {backend!r}")
     from sdar.rollout.vllm_engine import vllm_generator_for
 
-    return vllm_generator_for(cfg)
+    return vllm_generator_for(model_name, dtype=model_dtype, seed=seed, max_model_len=max_model_len)

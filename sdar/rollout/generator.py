@@ -57,3 +57,7 @@ class Generator(Protocol):
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Receive updated policy weights (a no-op for a backend that shares the training model)."""
         ...
+
+    def sleep(self) -> None:
+        """Free accelerator memory until the next call (vLLM sleep mode; a no-op for backends without one)."""
+        ...

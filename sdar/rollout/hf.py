@@ -127,6 +127,9 @@ class HFGenerator:
             copied += 1
         logger.debug("load_weights copied %d tensors", copied)
 
+    def sleep(self) -> None:
+        """Nothing to free: the model is the caller's."""
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Sample]:
         """One ``Sample`` per prompt, in order (see ``Sample`` for what the log-probs mean)."""
         if any(len(p) == 0 for p in prompts):

@@ -37,6 +37,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from sdar.errors import UserError
+
 from .generator import Sample, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ DEFAULT_CPU_KV_CACHE_GIB = 2.0
 """KV-cache size on CPUs when neither ``kv_cache_gib`` nor ``VLLM_CPU_KVCACHE_SPACE`` is given."""
 
 
-class VLLMNotInstalledError(ImportError):
+class VLLMNotInstalledError(UserError, ImportError):
     """``rollout.backend: vllm`` was requested but ``import vllm`` fails; the message says how to install it."""
 
 
@@ -185,7 +187,7 @@ class VLLMGenerator:
     """Samples with a vLLM engine (``vllm.LLM``); one ``Sample`` per prompt, log-probs of the sampled distribution.
 
     The engine holds its own copy of the weights: after each update the trainer pushes the policy's weights with
-    ``load_weights`` (``Runtime.refresh_generator``). Build it with :meth:`from_model_dir`, or wrap an existing
+    ``load_weights`` (``sdar.runtime.WeightSync.refresh``). Build it with :meth:`from_model_dir`, or wrap an existing
     ``vllm.LLM`` created with ``logprobs_mode="processed_logprobs"``. ``load_weights`` also runs a function on the
     engine's model; a multi-process engine only accepts that with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (and
     serializes every tensor to the worker process on each update).
@@ -344,9 +346,11 @@ def _engine_source(model_name: str, dtype: str) -> tuple[str, tempfile.Temporary
     return tmp.name, tmp
 
 
-def vllm_generator_for(cfg: Any) -> VLLMGenerator:
-    """A ``VLLMGenerator`` started on the model of ``cfg`` (``model.name`` in ``model.dtype``, engine length
-    ``rollout.max_prompt_tokens + rollout.max_new_tokens``); see ``sdar.rollout.backends.build_generator``.
+def vllm_generator_for(model_name: str, *, dtype: str = "auto", seed: int = 0,
+                       max_model_len: int = 4096) -> VLLMGenerator:
+    """A ``VLLMGenerator`` started on the model ``model_name`` (an alias or a folder) in ``dtype``, with engine length
+    ``max_model_len`` (the run's ``rollout.max_prompt_tokens + rollout.max_new_tokens``); see
+    ``sdar.rollout.backends.build_generator``.
 
     Raises:
         VLLMNotInstalledError: vLLM cannot be imported.
@@ -358,13 +362,8 @@ def vllm_generator_for(cfg: Any) -> VLLMGenerator:
     import_vllm()
     from sdar.models import resolve_dtype
 
-    path, tmp = _engine_source(cfg.model.name, cfg.model.dtype)
-    generator = VLLMGenerator.from_model_dir(
-        path,
-        dtype=resolve_dtype(cfg.model.dtype),
-        seed=cfg.seed,
-        max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
-    )
+    path, tmp = _engine_source(model_name, dtype)
+    generator = VLLMGenerator.from_model_dir(path, dtype=resolve_dtype(dtype), seed=seed, max_model_len=max_model_len)
     if tmp is not None:
         generator.keep_alive.append(tmp)
     return generator

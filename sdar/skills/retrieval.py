@@ -59,6 +59,45 @@ class SkillRetriever(Protocol):
         """Reports the reward of the episode that used ``retrieval`` (a no-op for non-learning strategies)."""
         ...
 
+    def best(self, *, task_type: str, goal: str) -> Retrieval:
+        """The current best choice for an evaluation: a learning strategy answers without counting the query;
+        the others answer as ``retrieve`` does."""
+        ...
+
+    def needs_goal(self, task_type: str) -> bool:
+        """True when the answer for ``task_type`` depends on the goal text, known only after the reset."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the retriever (empty for strategies that do not learn)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        ...
+
+
+class _Stateless:
+    """The parts of ``SkillRetriever`` shared by strategies that keep nothing between queries worth saving."""
+
+    def best(self, *, task_type: str, goal: str) -> Retrieval:
+        """As ``retrieve`` (nothing learnt to prefer)."""
+        return self.retrieve(task_type=task_type, goal=goal)  # type: ignore[attr-defined]
+
+    def needs_goal(self, task_type: str) -> bool:
+        """The answer does not read the goal."""
+        return False
+
+    def update(self, retrieval: Retrieval, reward: float) -> None:
+        """Does not learn."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore."""
+
 
 def format_skill_text(general: Sequence[SkillFile], chosen: Sequence[SkillFile]) -> str:
     """Joins skill files into the privileged text: general skills first, then the chosen ones.
@@ -106,7 +145,7 @@ def match_goal(library: SkillLibrary, goal: str) -> str | None:
     return best
 
 
-class KeywordRetriever:
+class KeywordRetriever(_Stateless):
     """Task type -> mapped skill; unknown task types fall back to the best keyword match on the goal."""
 
     strategy = "keyword"
@@ -133,11 +172,9 @@ class KeywordRetriever:
                             "(goal %r)", task_type, list(names) or "general skills only", goal)
         return _retrieval(self.library, names, self.strategy, task_type)
 
-    def update(self, retrieval: Retrieval, reward: float) -> None:
-        """Keyword retrieval does not learn."""
 
 
-class FullRetriever:
+class FullRetriever(_Stateless):
     """General skills plus every skill file, in library order."""
 
     strategy = "full"
@@ -149,11 +186,9 @@ class FullRetriever:
         """See ``SkillRetriever.retrieve``."""
         return _retrieval(self.library, tuple(self.library.files), self.strategy, task_type)
 
-    def update(self, retrieval: Retrieval, reward: float) -> None:
-        """Full retrieval does not learn."""
 
 
-class RandomRetriever:
+class RandomRetriever(_Stateless):
     """General skills plus one skill file drawn uniformly at random from a seeded generator."""
 
     strategy = "random"
@@ -168,8 +203,6 @@ class RandomRetriever:
         chosen = (self._rng.choice(names),) if names else ()
         return _retrieval(self.library, chosen, self.strategy, task_type)
 
-    def update(self, retrieval: Retrieval, reward: float) -> None:
-        """Random retrieval does not learn."""
 
 
 class UCBRetriever:
@@ -202,6 +235,10 @@ class UCBRetriever:
         self._selected: dict[str, dict[str, int]] = {}
         self._rewarded: dict[str, dict[str, int]] = {}
         self._reward_sum: dict[str, dict[str, float]] = {}
+
+    def needs_goal(self, task_type: str) -> bool:
+        """The bandit chooses by task type, never by the goal."""
+        return False
 
     def _key(self, task_type: str) -> str:
         return self.library.resolve_task_type(task_type) or task_type

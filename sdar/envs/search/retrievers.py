@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
+from sdar.errors import UserError
 from sdar.envs.bm25 import BM25Index
 
 __all__ = [
@@ -67,7 +68,7 @@ def passage_from_contents(doc_id: str, contents: str, score: float = 0.0) -> Pas
     return Passage(doc_id=doc_id, title=title, text=text.strip(), score=score)
 
 
-class RetrieverError(RuntimeError):
+class RetrieverError(UserError, RuntimeError):
     """Retrieval failed (server unreachable, bad answer, ...); the message says what to check."""
 
 

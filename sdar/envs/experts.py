@@ -1,19 +1,17 @@
 """Expert demonstrators for the supervised warm start: the environment's reported plan, the toy solver, and a toy
-searcher that acts only on what the agent can see (``sdar sft`` picks one with ``expert_for``; which kinds an
-environment offers is its ``EnvSpec.experts``)."""
+searcher that acts only on what the agent can see (``sdar sft`` picks one with ``sdar.envs.registry.expert_for``;
+which kinds an environment offers is its ``EnvSpec.experts``)."""
 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Literal, Mapping
+from typing import Any
 
 from sdar.data.hints import expert_next_action
 from sdar.envs.base import TextEnv
-from sdar.envs.registry import ENV_SPECS, find_env_spec
-from sdar.envs.spec import Expert, ExpertBuilder
 from sdar.records import EnvInfo
 
-__all__ = ["Expert", "ExpertKind", "ToySearchExpert", "expert_for", "plan_expert", "toy_expert"]
+__all__ = ["ToySearchExpert", "plan_expert", "toy_expert"]
 
 # ----------------------------------------------------------------------------------------------------- experts
 def plan_expert(env: TextEnv, observation: str, info: EnvInfo) -> str:
@@ -85,30 +83,3 @@ class ToySearchExpert:
             if receptacle.rsplit(" ", 1)[0] not in _NO_START_TYPES:
                 return f"go to {receptacle}"
         return plan[0]
-
-
-ExpertKind = Literal["auto", "plan", "search"]
-
-
-def expert_for(env_name: str, kind: ExpertKind = "plan") -> Expert:
-    """The demonstrator of kind ``kind`` that the spec of ``env_name`` offers (``EnvSpec.experts``).
-
-    ``"plan"``: one that knows the solution: the optimal solver (``toy_expert``) for ``toy``, the reported plan
-    (``plan_expert``) otherwise. ``"search"``: ``ToySearchExpert`` (toy only), which searches for the object
-    instead of knowing where it is. ``"auto"``: the spec's ``default_expert`` (``"search"`` for ``toy``,
-    ``"plan"`` otherwise). An environment no spec describes gets ``plan_expert``.
-
-    Raises:
-        ValueError: for an unknown kind, or a kind the environment does not offer.
-    """
-    spec = find_env_spec(env_name)
-    offered: Mapping[str, ExpertBuilder] = spec.experts if spec is not None else {"plan": lambda: plan_expert}
-    chosen: str = kind
-    if kind == "auto":
-        chosen = spec.default_expert if spec is not None else "plan"
-    if chosen in offered:
-        return offered[chosen]()
-    if chosen not in ("plan", "search"):
-        raise ValueError(f"expert must be 'auto', 'plan' or 'search', got {chosen!r}")
-    owners = " and ".join(s.name for s in ENV_SPECS if chosen in s.experts)
-    raise ValueError(f"the {chosen} expert exists for the {owners} environment only, not {env_name!r}; use 'plan'")
