@@ -19,16 +19,17 @@ part() {  # part P METHODS... : those methods at hint noise P, every seed
   $SDAR compare --config "$PRESET" --methods "$@" --seeds $SEEDS --out "$OUT/p$p" --total_steps "$STEPS" \
     --teacher.hint_noise "$p" >> "$OUT/p$p.log" 2>&1
 }
-# The sweep asks whether the gate protects against a teacher that is sometimes wrong, so it covers the methods
-# that follow the teacher (SDAR, GRPO+OPSD, OPSD). GRPO never reads the teacher, so its p = 0 runs are its runs at
-# every p and are not repeated.
-lane_a() { part 0 grpo sdar grpo_opsd skill_sd; part 0.3 sdar grpo_opsd; }
-lane_b() { part 0 opsd rlsd; part 0.3 opsd; part 0.6 opsd sdar grpo_opsd; }
+# The sweep asks whether the gate protects against a teacher that is sometimes wrong. GRPO never reads the teacher and
+# GRPO+OPSD reads it only through a detached constant (beta = 0: the gate is 0.5), so their p = 0 runs are their runs
+# at every p; the sweep trains the methods whose update reads the teacher's values, SDAR and OPSD.
+lane_a() { part 0 grpo sdar grpo_opsd skill_sd; part 0.3 sdar; }
+lane_b() { part 0 opsd rlsd; part 0.3 opsd; part 0.6 sdar opsd; }
 start=$(date +%s)
 lane_a & a=$!
 lane_b & b=$!
 wait $a; wait $b
 echo "runs finished in $(( ($(date +%s) - start) / 60 )) min"
 part 0 grpo sdar grpo_opsd opsd skill_sd rlsd
-for p in 0.3 0.6; do part "$p" sdar grpo_opsd opsd; done
-echo "study finished in $(( ($(date +%s) - start) / 60 )) min; tables: $OUT/p0/table.md $OUT/p0.3/table.md $OUT/p0.6/table.md"
+for p in 0.3 0.6; do part "$p" sdar opsd --baseline sdar; done
+.venv/bin/python scripts/study_sweep_table.py "$OUT" > "$OUT/sweep.md"
+echo "study finished in $(( ($(date +%s) - start) / 60 )) min; tables: $OUT/p0/table.md $OUT/p0.3/table.md $OUT/p0.6/table.md $OUT/sweep.md"
