@@ -175,8 +175,9 @@ def score(learner: Learner, batch: TokenBatch, trajs: Sequence[Trajectory], spec
     recompute = old.mode == "recompute"  # else the generator's log-probs are the old log-probs
     passes = [batch] if recompute else []
     check_rows = [] if recompute else spread_rows(batch.size, old.check_rows)
-    if check_rows:  # a few rows re-scored to measure how far the sampler's log-probs are from the learner's
-        passes.append(batch.select(check_rows))
+    sample = batch.select(check_rows) if check_rows else None
+    if sample is not None:  # a few rows re-scored to measure how far the sampler's log-probs are from the learner's
+        passes.append(sample)
     if spec.needs_teacher:
         if teacher is None:
             raise ValueError(f"the loss needs teacher log-probs ({spec.aux} term) but no TeacherView was built")
@@ -184,8 +185,7 @@ def score(learner: Learner, batch: TokenBatch, trajs: Sequence[Trajectory], spec
         passes.append(batch.with_prompts(rows.prompts))  # same response ids; only the prompts differ
         metrics["sdar/teacher_history_dropped"] = rows.history_dropped_share  # budget cut the teacher's history
     scored = learner.logprobs_many(passes) if passes else []
-    if check_rows:
-        sample = batch.select(check_rows)
+    if sample is not None:
         metrics.update(old.check(dp, scored[0], sample.old_logprobs, sample.loss_mask))
     is_weights = None
     if recompute:
