@@ -12,7 +12,7 @@ PRESET=${PRESET:-configs/testbed/smollm2_rl.yaml}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT"
 part() {  # part METHOD SEED
-  $SDAR compare --config "$PRESET" --methods "$1" --seeds "$2" --out "$OUT" >> "$OUT/lanes.log" 2>&1
+  $SDAR compare --config "$PRESET" --methods "$1" --seeds "$2" --out "$OUT" >> "$OUT.log" 2>&1
 }
 start=$(date +%s)
 ( part grpo 0; part sdar 1; part grpo 2 ) & a=$!
