@@ -57,7 +57,7 @@ def alfworld_rows(games: str, *, tokenizer_name: str, max_turns: int, history_le
             return [(tuple(pr), tuple(r)) for pr, r in stored["rows"]]
     from sdar.envs.registry import make_env_factory, make_task_source
     from sdar.models import load_tokenizer
-    from sdar.sft import encode_examples, expert_for, expert_turns
+    from sdar.commands.sft import encode_examples, expert_for, expert_turns
 
     if not Path(games).is_dir():
         raise SystemExit(f"no ALFWorld games in {games}: run `sdar envs generate alfworld --n 8 --out {games}` first")

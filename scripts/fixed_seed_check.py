@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sdar.config import load_config
-from sdar.train import train
+from sdar.commands.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [  # (name, overrides): every method reading the expert plan, and the skill-reading paths with skills

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sdar.cli import main
+from sdar.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

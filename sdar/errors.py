@@ -1,6 +1,6 @@
 """Errors a user can fix, readers of user files that name the file in every failure, and the CLI's one-line report.
 
-Every command of ``sdar`` runs inside :func:`sdar.cli.main`, which turns the errors listed by :func:`user_message`
+Every command of ``sdar`` runs inside :func:`sdar.commands.cli.main`, which turns the errors listed by :func:`user_message`
 into one or two lines on stderr (the file, the problem, the fix) and exit status 2; ``sdar --debug`` or
 ``SDAR_DEBUG=1`` prints the traceback as well. Any other exception is a bug and keeps its traceback.
 

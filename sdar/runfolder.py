@@ -10,9 +10,9 @@ Rules (the commands ``sdar train``, ``sdar sft``, ``sdar eval`` and ``sdar compa
     afresh. A folder that also holds anything else is refused instead, so ``--overwrite`` never deletes a file the
     command did not write;
   - ``sdar compare``: a folder that holds only a comparison's own output is reused (finished runs are kept,
-    interrupted ones resumed, see :mod:`sdar.compare`).
+    interrupted ones resumed, see :mod:`sdar.commands.compare`).
 - ``sdar demo`` replaces its own run folder each time (``--overwrite`` semantics), so ``make demo`` can run again.
-- Library calls (``sdar.train.train(cfg)``) write into the folder as they find it unless asked otherwise.
+- Library calls (``sdar.commands.train.train(cfg)``) write into the folder as they find it unless asked otherwise.
 
 Under torchrun only rank 0 checks and clears the folder (before the process group exists); a refusal there ends
 the job.
@@ -98,7 +98,7 @@ SFT_LAYOUT = Layout("sdar sft", ("*.json", "*.safetensors", "*.bin", "*.txt", "*
 """A supervised warm start: a transformers model folder (weights, config, tokenizer files) and sft_report.json."""
 _SEED_LAYOUT = Layout("sdar compare", _TRAIN_FILES + EVAL_LAYOUT.files, _TRAIN_FOLDERS)
 _METHOD_LAYOUT = Layout("sdar compare", folders={"seed*": _SEED_LAYOUT})
-_COMPARE_ROWS = ("vanilla", "skill_prompt", *typing.get_args(MethodName))  # sdar.compare.BASE_ROWS + the methods
+_COMPARE_ROWS = ("vanilla", "skill_prompt", *typing.get_args(MethodName))  # sdar.commands.compare.BASE_ROWS + the methods
 COMPARE_LAYOUT = Layout("sdar compare", ("table.md", "results.json", "*.png"),
                         {row: _METHOD_LAYOUT for row in _COMPARE_ROWS}, option="--out")
 """A comparison: its table, results and plots, and a run folder per row and seed (``<row>/seed<k>``)."""

@@ -1,7 +1,7 @@
 """``build(cfg) -> Parts``: the typed parts of a run (learner, generator, environments, retriever, collector, teacher
 view, sinks, data-parallel handle), each made by a small builder from flat arguments.
 
-Config objects stop here: the parts receive plain values. The training loop (``sdar.train``) talks to these parts
+Config objects stop here: the parts receive plain values. The training loop (``sdar.commands.train``) talks to these parts
 only.
 """
 

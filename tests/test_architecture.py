@@ -32,9 +32,13 @@ HEAVY = {
     "matplotlib": {"sdar/plots.py"},
 }
 STDLIB = set(sys.stdlib_module_names)
-COMMANDS = {"sdar.cli", "sdar.train", "sdar.sft", "sdar.sft_cli", "sdar.evaluate", "sdar.compare", "sdar.report",
-            "sdar.demo", "sdar.__main__"}
-"""The user-facing commands: the layer above the library. No library module imports one of them."""
+COMMAND_NAMES = ("cli", "train", "sft", "evaluate", "compare", "report", "demo")
+"""The user-facing commands; each lives in ``sdar/commands/``, the layer above the library."""
+
+
+def is_command(module: str) -> bool:
+    """True for ``sdar.commands`` and its modules, and ``sdar.__main__`` (``python -m sdar``)."""
+    return module == "sdar.__main__" or module == "sdar.commands" or module.startswith("sdar.commands.")
 
 
 def rel(path: Path) -> str:
@@ -115,7 +119,7 @@ def test_no_print_in_package(path: Path):
 
 def test_light_imports_do_not_pull_heavy_stacks():
     code = (
-        "import sys, sdar, sdar.config, sdar.records, sdar.algo, sdar.envs, sdar.prompts, sdar.cli\n"
+        "import sys, sdar, sdar.config, sdar.records, sdar.algo, sdar.envs, sdar.prompts, sdar.commands.cli\n"
         "bad = [m for m in ('transformers', 'vllm', 'ray', 'alfworld', 'textworld', 'tensorboard') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -204,9 +208,22 @@ def test_the_package_has_no_import_cycles():
     assert not found, f"import cycles (move the shared piece down a layer): {found}"
 
 
+def test_the_commands_live_in_one_folder():
+    graph = import_graph()
+    missing = [name for name in COMMAND_NAMES if f"sdar.commands.{name}" not in graph]
+    assert not missing, f"commands missing from sdar/commands/: {missing}"
+    strays = [m for m in graph if m.rsplit(".", 1)[-1] in COMMAND_NAMES and not is_command(m)]
+    assert not strays, f"command modules outside sdar/commands/: {strays}"
+
+
 def test_library_modules_do_not_import_the_commands():
     graph = import_graph()
-    assert COMMANDS - {"sdar.__main__"} <= set(graph), "a command module was moved; update COMMANDS"
-    bad = {m: sorted(targets & COMMANDS) for m, targets in graph.items() if m not in COMMANDS and targets & COMMANDS}
+    bad = {m: sorted(t for t in targets if is_command(t))
+           for m, targets in graph.items() if not is_command(m) and any(is_command(t) for t in targets)}
     assert not bad, f"library modules import commands (the layer above them): {bad}"
+
+
+def test_the_command_rule_can_fail():
+    assert is_command("sdar.commands.train") and is_command("sdar.__main__")
+    assert not is_command("sdar.commandsx") and not is_command("sdar.runtime")
 

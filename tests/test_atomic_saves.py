@@ -243,7 +243,7 @@ def test_a_killed_sharded_save_keeps_a_loadable_folder(tmp_path: Path, point: st
 # ----------------------------------------------------------------------------------------------- sft model folder
 SFT = """
 import torch
-import sdar.sft as sft
+import sdar.commands.sft as sft
 from sdar.models import load_model
 from sdar.tiny import byte_tokenizer
 
@@ -269,7 +269,7 @@ def test_a_killed_sft_save_keeps_the_previous_model(tmp_path: Path, point: str) 
     import torch
 
     from sdar.models import load_model, load_tokenizer
-    from sdar.sft import save_model
+    from sdar.commands.sft import save_model
 
     work = _kill_during(tmp_path, SFT, point)
     out = work / "model"
@@ -283,7 +283,7 @@ def test_a_killed_sft_save_keeps_the_previous_model(tmp_path: Path, point: str) 
 
 
 def test_sft_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
-    from sdar.sft import save_model
+    from sdar.commands.sft import save_model
 
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="no saved model"):

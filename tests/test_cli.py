@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdar import cli
+from sdar.commands import cli
 from sdar.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def _field_docs(cls, prefix=""):
 
 
 def test_train_help_shows_every_option_with_its_doc():
-    res = subprocess.run([sys.executable, "-m", "sdar.cli", "train", "--help"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "sdar.commands.cli", "train", "--help"], capture_output=True, text=True,
                          cwd=ROOT, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     text = " ".join(res.stdout.split())

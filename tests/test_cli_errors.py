@@ -1,6 +1,6 @@
 """User errors through the `sdar` entry point: exit status 2, a short message naming the file and the fix, no traceback.
 
-Each case builds its bad input under ``tmp_path`` and runs ``sdar.cli.main(argv)`` in this process; a few run the
+Each case builds its bad input under ``tmp_path`` and runs ``sdar.commands.cli.main(argv)`` in this process; a few run the
 real command in a subprocess. ``--debug`` / ``SDAR_DEBUG=1`` bring the traceback back.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from sdar import cli
+from sdar.commands import cli
 from sdar.config import dump_yaml, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 def test_the_installed_command_exits_2_without_traceback(argv, tmp_path):
     (tmp_path / "bad.yaml").write_text("algo: [\n")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "sdar.cli", *[a.replace("{tmp}", str(tmp_path)) for a in argv]],
+    res = subprocess.run([sys.executable, "-m", "sdar.commands.cli", *[a.replace("{tmp}", str(tmp_path)) for a in argv]],
                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and str(tmp_path) in res.stderr

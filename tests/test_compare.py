@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import sdar.compare as compare
-import sdar.train
-from sdar.compare import comparison_markdown, ensure_trained, main, plan_runs, run_state
+import sdar.commands.compare as compare
+import sdar.commands.train
+from sdar.commands.compare import comparison_markdown, ensure_trained, main, plan_runs, run_state
 from sdar.config import ConfigError
-from sdar.evaluate import EpisodeOutcome, EvalResult, parse_overrides
+from sdar.commands.evaluate import EpisodeOutcome, EvalResult, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke_tiny.yaml")
@@ -167,7 +167,7 @@ def test_interrupted_run_is_resumed(tmp_path, monkeypatch):
     (plan.run_dir / "metrics.jsonl").write_text('{"step": 0}\n')
     assert run_state(plan.cfg) == "partial"
     seen = []
-    monkeypatch.setattr(sdar.train, "train", lambda cfg: seen.append(cfg))
+    monkeypatch.setattr(sdar.commands.train, "train", lambda cfg: seen.append(cfg))
     with pytest.raises(RuntimeError, match="without a final checkpoint"):
         ensure_trained(plan)
     assert len(seen) == 1 and seen[0].resume and seen[0].out_dir == str(plan.run_dir)
@@ -192,7 +192,7 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("finished work was redone")
 
-    monkeypatch.setattr(sdar.train, "train", forbidden)
+    monkeypatch.setattr(sdar.commands.train, "train", forbidden)
     monkeypatch.setattr(compare, "evaluate_model", forbidden)
     assert main(argv) == 0
     assert (out / "table.md").read_text() == first

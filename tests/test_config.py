@@ -198,7 +198,7 @@ def test_missing_config_file_names_the_presets_folder(tmp_path: Path):
 def test_sft_presets_load(path: Path):
     import yaml
 
-    from sdar.sft import SFTConfig
+    from sdar.commands.sft import SFTConfig
 
     cfg = from_dict(SFTConfig, yaml.safe_load(path.read_text()))
     assert cfg.model and cfg.epochs >= 1

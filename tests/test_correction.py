@@ -260,7 +260,7 @@ def test_learner_multiplies_the_pg_term_by_is_weights():
 
 
 def test_rollout_old_logprobs_skip_the_student_pass(tmp_path):
-    from sdar.train import train_step
+    from sdar.commands.train import train_step
 
     rt = smoke_runtime(tmp_path)
     assert (rt.old_logprobs.mode, rt.old_logprobs.correction) == ("rollout", "off")  # shared model, per-turn rows
@@ -275,7 +275,7 @@ def test_rollout_old_logprobs_skip_the_student_pass(tmp_path):
 
 
 def test_recompute_logs_the_drift_and_it_is_zero_for_the_shared_generator(tmp_path):
-    from sdar.train import train_step
+    from sdar.commands.train import train_step
 
     rt = smoke_runtime(tmp_path, **{"algo.old_logprobs": "recompute"})
     passes, updates = spy(rt, "logprobs_many"), spy(rt, "train_step")
@@ -287,7 +287,7 @@ def test_recompute_logs_the_drift_and_it_is_zero_for_the_shared_generator(tmp_pa
 
 
 def test_correction_passes_weights_to_the_learner(tmp_path):
-    from sdar.train import train_step
+    from sdar.commands.train import train_step
 
     rt = smoke_runtime(tmp_path, **{"algo.mismatch_correction": "mis", "algo.mismatch_level": "sequence"})
     assert (rt.old_logprobs.mode, rt.old_logprobs.correction) == ("recompute", "mis")  # auto recomputes for it
@@ -324,7 +324,7 @@ def test_config_rejects_contradictory_settings(overrides, fragment):
 
 
 def test_a_generator_with_its_own_weights_sleeps_for_the_update_and_gets_the_new_weights(tmp_path):
-    from sdar.train import train_step
+    from sdar.commands.train import train_step
 
     rt = smoke_runtime(tmp_path)
     events: list[str] = []

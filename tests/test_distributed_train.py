@@ -71,7 +71,7 @@ DRIVER = textwrap.dedent(
 
     Collector.train = greedy
 
-    from sdar.cli import cmd_train
+    from sdar.commands.cli import cmd_train
     from sdar.distributed import DataParallel, finish
 
     cmd_train(["--config", sys.argv[1]])
@@ -130,7 +130,7 @@ def runs(tmp_path_factory) -> dict:
     proc = subprocess.Popen([*torchrun, str(base / "driver.py"), str(base / "run.yaml"), str(base)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        from sdar.train import train
+        from sdar.commands.train import train
 
         with pytest.MonkeyPatch.context() as mp:  # the same run in one process meanwhile, for reference
             _greedy_rollouts(mp)

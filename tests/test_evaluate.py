@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdar.config import ConfigError, load_config
-from sdar.evaluate import (
+from sdar.commands.evaluate import (
     EpisodeOutcome,
     EvalResult,
     ci_note,
@@ -181,7 +181,7 @@ def test_base_model_needs_a_preset(capsys):
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    from sdar.train import train
+    from sdar.commands.train import train
 
     run = tmp_path_factory.mktemp("eval") / "run"
     train(load_config(SMOKE, overrides={**FAST, "out_dir": str(run)}))

@@ -33,7 +33,7 @@ import torch
 import sdar.rollout.collect as collect
 import sdar.runtime as runtime
 import sdar.rollout.collector as collector_mod
-from sdar.cli import main as sdar_main
+from sdar.commands.cli import main as sdar_main
 from sdar.config import load_config
 from sdar.metrics import read_metrics
 from sdar.envs.base import EnvCrashed
@@ -41,7 +41,7 @@ from sdar.learner.checkpoint import MODEL_FILE, OPTIMIZER_FILE, latest_checkpoin
 from sdar.learner.local import LocalLearner
 from sdar.prompts.parse import ParsedAction
 from sdar.metrics import load_rows
-from sdar.train import train
+from sdar.commands.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -392,7 +392,7 @@ PAUSING_TRAINER = textwrap.dedent("""
             time.sleep(600)
 
     safetensors.torch.save_file = save_file
-    from sdar.cli import main
+    from sdar.commands.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 

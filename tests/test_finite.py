@@ -21,7 +21,7 @@ from sdar.distributed import DataParallel
 from sdar.errors import NonFiniteWeightsError
 from sdar.learner import LocalLearner
 from sdar.learner.checkpoint import latest_checkpoint
-from sdar.sft import SFTConfig
+from sdar.commands.sft import SFTConfig
 from sdar.tiny import byte_tokenizer, tiny_model
 from sdar.run_checkpoint import nonfinite_weights, save
 

@@ -16,7 +16,7 @@ import pytest
 
 from sdar.config import load_config
 from sdar.metrics import load_rows
-from sdar.train import train
+from sdar.commands.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "testbed" / "rl.yaml"

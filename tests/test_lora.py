@@ -219,7 +219,7 @@ def test_lora_run_trains_only_the_adapter_against_the_adapter_off_reference(tmp_
     from sdar.config import load_config
     from sdar.models import load_model
     from sdar.runtime import build
-    from sdar.train import train_step
+    from sdar.commands.train import train_step
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
     cfg = load_config(smoke, overrides={"out_dir": str(tmp_path / "run"), "log.sample_every": 0, "log.jsonl": False,

@@ -141,7 +141,7 @@ def test_checkpoint_keeps_fp32_masters_and_optimizer_state(mixed, tmp_path):
 
 def test_export_writes_bf16_when_asked_and_leaves_the_masters(mixed, tmp_path):
     from sdar.models import load_model, load_tokenizer
-    from sdar.sft import save_model
+    from sdar.commands.sft import save_model
 
     learner, _ = mixed
     folder = save_model(learner.model, load_tokenizer("tiny-random"), tmp_path / "out", dtype=BF16)

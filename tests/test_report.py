@@ -9,7 +9,7 @@ import pytest
 
 from sdar.config import load_config
 from sdar.metrics import final_and_best, last_n_means, load_rows, stage_seconds
-from sdar.report import gap_position_keys, gap_turn_keys, main, write_report
+from sdar.commands.report import gap_position_keys, gap_turn_keys, main, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -93,7 +93,7 @@ def test_missing_metrics_file(tmp_path, capsys):
 
 
 def test_report_on_a_tiny_run(tmp_path):
-    from sdar.train import train
+    from sdar.commands.train import train
 
     run = tmp_path / "run"
     train(load_config(SMOKE, overrides={"env.max_turns": 1, "rollout.max_new_tokens": 4, "rollout.tasks_per_step": 1,

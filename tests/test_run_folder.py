@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdar import cli
+from sdar.commands import cli
 from sdar.config import RunConfig, dump_yaml, load_config
 from sdar.runfolder import (COMPARE_LAYOUT, EVAL_LAYOUT, RESUME_MAY_CHANGE, SFT_LAYOUT, TRAIN_LAYOUT, RunFolderError,
                             changed_settings, check_resume, foreign_entries, prepare_folder)

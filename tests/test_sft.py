@@ -23,7 +23,7 @@ from sdar.records import EnvInfo
 from sdar.rollout.collect import CollectSettings, EpisodeRequest, collect_episodes
 from sdar.rollout.generator import Sample, SamplingParams
 from sdar.rollout.hf import HFGenerator
-from sdar.sft import (
+from sdar.commands.sft import (
     REASONING_TEMPLATES,
     SFTConfig,
     SFTExample,
@@ -42,7 +42,7 @@ from sdar.sft import (
     toy_expert,
     train_sft,
 )
-from sdar.sft_cli import main
+from sdar.commands.sft_cli import main
 from sdar.tiny import byte_tokenizer
 
 CLEAN = TaskSpec("pick_clean_then_place-train-0-0001", "pick_clean_then_place")  # 8-step plan
@@ -263,7 +263,7 @@ def test_training_reduces_target_nll(tok) -> None:
 
 def test_overfit_one_example_then_greedy_decodes_it_exactly(tok, monkeypatch) -> None:
     # one reset seed for demonstration and measurement, so the measured episode shows the memorised prompt
-    monkeypatch.setattr("sdar.sft.episode_seed", lambda seed, index, purpose="demo": 123)  # measurement
+    monkeypatch.setattr("sdar.commands.sft.episode_seed", lambda seed, index, purpose="demo": 123)  # measurement
     monkeypatch.setattr("sdar.data.demos.episode_seed", lambda seed, index, purpose="demo": 123)  # demonstration
     (ex,) = _examples(tok, [GO_TO])
     model = tiny(1)
@@ -282,7 +282,7 @@ def test_overfit_one_example_then_greedy_decodes_it_exactly(tok, monkeypatch) ->
 
 
 def test_train_layers_freezes_all_but_top_layers(tok) -> None:
-    from sdar.sft import freeze_lower_layers
+    from sdar.commands.sft import freeze_lower_layers
 
     model = tiny()
     n = freeze_lower_layers(model, 1)
@@ -361,7 +361,8 @@ def test_autocast_defaults_to_auto_in_the_config_and_the_presets() -> None:
 @pytest.mark.parametrize(("setting", "fast", "dtype"), [("none", True, "float32"), ("auto", False, "float32"),
                                                         ("auto", True, "bfloat16")])
 def test_run_sft_resolves_and_logs_the_compute_dtype(tmp_path, monkeypatch, caplog, setting, fast, dtype) -> None:
-    from sdar import hardware, sft
+    from sdar import hardware
+    from sdar.commands import sft
     from sdar.hardware import Bf16Probe
 
     monkeypatch.setattr(hardware, "cpu_bf16_probe", lambda: Bf16Probe(10.0, 5.0 if fast else 50.0, fast))
@@ -375,7 +376,7 @@ def test_run_sft_resolves_and_logs_the_compute_dtype(tmp_path, monkeypatch, capl
     monkeypatch.setattr(sft, "train_sft", spy)
     cfg = SFTConfig(model="tiny-random", expert="plan", num_tasks=1, max_turns=8, eval_tasks=0, autocast=setting,
                     out_dir=str(tmp_path / "out"))
-    with caplog.at_level(logging.INFO, logger="sdar.sft"):
+    with caplog.at_level(logging.INFO, logger="sdar.commands.sft"):
         run_sft(cfg)
     assert seen == [None if dtype == "float32" else torch.bfloat16]
     assert f"autocast {setting} -> compute dtype {dtype}" in caplog.text
@@ -384,7 +385,7 @@ def test_run_sft_resolves_and_logs_the_compute_dtype(tmp_path, monkeypatch, capl
 
 def test_train_sft_logs_step_of_total_with_eta(tok, caplog) -> None:
     examples = _examples(tok, [PLACE])[:2]
-    with caplog.at_level(logging.INFO, logger="sdar.sft"):
+    with caplog.at_level(logging.INFO, logger="sdar.commands.sft"):
         train_sft(tiny(), examples, epochs=2, lr=1e-3, batch_rows=1, batch_tokens=4096)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sft step")]
     assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]

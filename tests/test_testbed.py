@@ -6,7 +6,7 @@ import pytest
 
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.prompts.render import build_context, render_user_message
-from sdar.sft import encode_examples, expert_for, expert_turns, privileged_example_turns
+from sdar.commands.sft import encode_examples, expert_for, expert_turns, privileged_example_turns
 from sdar.testbed import TAGS, build_tokenizer, game_corpus, init_model
 from sdar.testbed import TestbedSpec as Spec
 

@@ -10,7 +10,7 @@ import pytest
 from sdar.config import load_config
 from sdar.metrics import read_metrics
 from sdar.envs.alfworld import generate_games
-from sdar.train import train
+from sdar.commands.train import train
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
 

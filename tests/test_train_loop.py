@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sdar.config import load_config
-from sdar.demo import run_report
+from sdar.commands.demo import run_report
 from sdar.metrics import read_metrics
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint
-from sdar.train import train
+from sdar.commands.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"

@@ -12,7 +12,7 @@ from sdar.config import load_config
 from sdar.metrics import read_metrics
 from sdar.learner.checkpoint import latest_checkpoint, load_checkpoint
 from sdar.models import load_model
-from sdar.train import train
+from sdar.commands.train import train
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdar.config import load_config
-from sdar.train import train
+from sdar.commands.train import train
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_tiny.yaml"
 

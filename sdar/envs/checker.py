@@ -158,7 +158,7 @@ def check_env(
 
 # ----------------------------------------------------------------------------------------------------- env specs
 EVAL_METRICS = ("success", "score", "qa")
-"""The values ``EvalColumns.metrics`` can take (``sdar.evaluate`` knows how to compute each)."""
+"""The values ``EvalColumns.metrics`` can take (``sdar.commands.evaluate`` knows how to compute each)."""
 
 
 def _spec_fail(name: object, message: str) -> AssertionError:

@@ -1,6 +1,6 @@
 """The Learner protocol: what the training loop may ask of any backend that owns the policy weights.
 
-:class:`Learner` lists every call the training loop (``sdar.train``, ``sdar.runtime``, ``sdar.distributed``) makes
+:class:`Learner` lists every call the training loop (``sdar.commands.train``, ``sdar.runtime``, ``sdar.distributed``) makes
 on a learner. Checkpointing a learner whose state is split over ranks needs two more calls, kept apart in
 :class:`ShardedCheckpoints`; a learner says whether it has them through :attr:`Learner.sharded_checkpoints`
 instead of the caller probing attributes.

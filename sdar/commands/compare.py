@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from sdar.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config
-from sdar.evaluate import (
+from sdar.commands.evaluate import (
     EVAL_FILE,
     EvalResult,
     ci_note,
@@ -200,7 +200,7 @@ def _check_same_config(cfg: RunConfig) -> None:
 
 def ensure_trained(plan: RunPlan) -> RunState:
     """Train the plan's run unless it finished; resume it when it was interrupted. Returns the state found."""
-    import sdar.train as train_module
+    import sdar.commands.train as train_module
 
     _check_same_config(plan.cfg)
     state = run_state(plan.cfg)
@@ -402,7 +402,7 @@ def comparison_markdown(results: Mapping[str, Sequence[EvalResult]], *, title: s
 
 def curve_interval(key: str, scale: float, values: Sequence[float]) -> Interval:
     """The band of a learning curve at one step from one value per seed: bootstrap over seeds clipped to the
-    metric's range for a bounded metric (:func:`~sdar.report.metric_range`), t-interval otherwise."""
+    metric's range for a bounded metric (:func:`~sdar.commands.report.metric_range`), t-interval otherwise."""
     bounds = metric_range(key, scale)
     return bootstrap_over_seeds(values, bounds=bounds) if bounds is not None else seed_interval(values)
 
@@ -436,7 +436,7 @@ def _diagnostic_plots(runs_by_method: Mapping[str, Sequence[Path]], rows_by_meth
     """The teacher-gap diagnostics per method, pooled over seeds and steps: Δ histogram (saved Δ samples), mean gap
     by turn index and by relative position in the response; returns (drawn, skipped)."""
     from sdar.plots import bar_chart, histograms
-    from sdar.report import gap_position_keys, gap_turn_keys, load_delta_samples
+    from sdar.commands.report import gap_position_keys, gap_turn_keys, load_delta_samples
 
     drawn: list[tuple[str, str]] = []
     skipped: list[str] = []

@@ -1,7 +1,7 @@
 """`sdar sft` on the command line: the preset and options, the checks of an ``SFTConfig``, the output folder.
 
-The pipeline itself is :func:`sdar.sft.run_sft`. Values are checked after the whole command line is read, so a bad
-value is reported in one line (by :func:`sdar.cli.main`) instead of in the option parser's box.
+The pipeline itself is :func:`sdar.commands.sft.run_sft`. Values are checked after the whole command line is read, so a bad
+value is reported in one line (by :func:`sdar.commands.cli.main`) instead of in the option parser's box.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Iterator, Sequence
 
-from sdar.sft import SFTConfig, _checks_deferred, sft_config_problems
+from sdar.commands.sft import SFTConfig, _checks_deferred, sft_config_problems
 
 __all__ = ["main"]
 
@@ -49,7 +49,7 @@ def parse_sft_config(argv: Sequence[str]) -> SFTConfig:
     import tyro
 
     from sdar.config import ConfigError, from_dict, read_config_file
-    from sdar.sft import SFTConfig
+    from sdar.commands.sft import SFTConfig
 
     config_path, rest = _split_config(argv)
     base = SFTConfig()
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError: for a bad preset or value, or an output folder that cannot be used.
     """
     from sdar.runfolder import SFT_LAYOUT, prepare_folder
-    from sdar.sft import run_sft
+    from sdar.commands.sft import run_sft
 
     args = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_sft_config([a for a in args if a != "--overwrite"])

@@ -91,14 +91,14 @@ def cmd_train(argv: Sequence[str]) -> int:
     """``sdar train [--overwrite] [--resume] [--config FILE] [--section.key VALUE ...]``."""
     overwrite, rest = _take_flag(argv, "--overwrite")
     cfg = parse_run_config(rest, "sdar train")
-    from sdar.train import train
+    from sdar.commands.train import train
 
     train(cfg, folder="overwrite" if overwrite else "new")
     return 0
 
 
 def cmd_demo(argv: Sequence[str]) -> int:
-    from sdar.demo import main as demo_main
+    from sdar.commands.demo import main as demo_main
 
     return demo_main(list(argv))
 
@@ -208,25 +208,25 @@ def cmd_envs(argv: Sequence[str]) -> int:
 
 
 def cmd_sft(argv: Sequence[str]) -> int:
-    from sdar.sft_cli import main as sft_main
+    from sdar.commands.sft_cli import main as sft_main
 
     return sft_main(list(argv))
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
-    from sdar.evaluate import main as eval_main
+    from sdar.commands.evaluate import main as eval_main
 
     return eval_main(list(argv))
 
 
 def cmd_report(argv: Sequence[str]) -> int:
-    from sdar.report import main as report_main
+    from sdar.commands.report import main as report_main
 
     return report_main(list(argv))
 
 
 def cmd_compare(argv: Sequence[str]) -> int:
-    from sdar.compare import main as compare_main
+    from sdar.commands.compare import main as compare_main
 
     return compare_main(list(argv))
 

@@ -67,7 +67,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     from sdar.config import load_config
     from sdar.models import KNOWN_MODELS, prepare_model
-    from sdar.train import train
+    from sdar.commands.train import train
 
     overrides = {"out_dir": args.out_dir} if args.out_dir else None
     cfg = load_config(args.config, overrides=overrides)
@@ -78,7 +78,7 @@ def main(argv: Sequence[str]) -> int:
     train(cfg, folder="overwrite")  # a second demo replaces the first instead of appending to it
     report = run_report(cfg, time.perf_counter() - t0)
     try:  # plots need matplotlib (part of the dev and report extras)
-        from sdar.report import write_report
+        from sdar.commands.report import write_report
 
         page = write_report(cfg.out_dir)
         report += f"  plots and summary    : {page} (learning curve: {page.parent / 'reward_success.png'})\n"
