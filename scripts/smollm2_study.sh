@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GRPO and SDAR on the real SmolLM2-135M-Instruct (docs/results/smollm2_testbed.md): 3 seeds each from the warm start
-# of `sdar sft --config configs/sft/smollm2_testbed.yaml`. Two lanes, one CPU thread each; each lane alternates the
-# methods so that a study stopped early still has both on the same seeds. Every part is `sdar compare`, so running
+# GRPO and SDAR on the real SmolLM2-135M-Instruct (docs/results/smollm2_testbed.md), from the warm start of
+# `sdar sft --config configs/sft/smollm2_testbed.yaml`: GRPO with 3 seeds against the warm start itself (row vanilla:
+# the same panel and sampling seeds), SDAR beside it with seed 0 (SDAR_SEEDS="0 1 2" adds the others; each SDAR run
+# takes ~50 min on one thread). Two lanes, one CPU thread each. Every part is `sdar compare`, so running
 # the script again resumes; the last line only reads the finished runs back and writes the table.
 #   bash scripts/smollm2_study.sh            (OUT=runs/smollm2_study by default)
 set -euo pipefail
@@ -15,8 +16,13 @@ part() {  # part METHOD SEED
   $SDAR compare --config "$PRESET" --methods "$1" --seeds "$2" --out "$OUT" >> "$OUT.log" 2>&1
 }
 start=$(date +%s)
-( part grpo 0; part sdar 1; part grpo 2 ) & a=$!
-( part sdar 0; part grpo 1; part sdar 2 ) & b=$!
+SDAR_SEEDS=${SDAR_SEEDS:-0}
+sdar_seed() { if [[ " $SDAR_SEEDS " == *" $1 "* ]]; then part sdar "$1"; fi; }
+( part grpo 0; part grpo 1; part vanilla 0; part vanilla 2; sdar_seed 1 ) & a=$!
+( sdar_seed 0; part grpo 2; part vanilla 1; sdar_seed 2 ) & b=$!
 wait $a; wait $b
 echo "runs finished in $(( ($(date +%s) - start) / 60 )) min"
-$SDAR compare --config "$PRESET" --methods grpo sdar --seeds 0 1 2 --out "$OUT"
+# the tables: GRPO against the warm start (paired by seed), then SDAR beside GRPO on SDAR's seeds
+$SDAR compare --config "$PRESET" --methods vanilla grpo --seeds 0 1 2 --out "$OUT" --baseline vanilla
+cp "$OUT/table.md" "$OUT.grpo_vs_warm_start.md"
+$SDAR compare --config "$PRESET" --methods vanilla grpo sdar --seeds $SDAR_SEEDS --out "$OUT" --baseline grpo
