@@ -18,9 +18,10 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-MethodName = Literal["grpo", "skill_grpo", "opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar"]
+from sdar.names import MethodName
+
 # The per-environment facts below mirror the environment specs (``sdar.envs.registry.ENV_SPECS``): this module
-# imports nothing from the package (tests/test_architecture.py), so it cannot ask the registry, and
+# imports nothing from the package but sdar.names (tests/test_architecture.py), so it cannot ask the registry, and
 # tests/test_env_spec.py fails, naming the difference, when a spec and these tables disagree.
 EnvName = Literal["toy", "alfworld", "webshop", "search"]
 PrivilegedSource = Literal["skills", "expert_plan", "gold_answer", "goal_attributes", "none"]

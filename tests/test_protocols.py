@@ -37,11 +37,13 @@ def test_a_generator_without_sleep_is_caught():
     assert any("sleep" in p for p in protocol_problems(Generator, NoSleep))
 
 
-def test_method_names_agree_between_the_config_and_the_method_table():
-    # config.py may import nothing from the package and sdar.algo nothing outside it, so each layer spells the
-    # names; this test is what keeps the two spellings one list
+def test_method_names_have_one_source():
+    # sdar.names spells the names once; the configuration and the method table both read it, and the table has one
+    # entry per name, in the same order
     from sdar.algo.methods import METHODS
     from sdar.algo.methods import MethodName as AlgoNames
     from sdar.config import MethodName as ConfigNames
+    from sdar.names import MethodName
 
-    assert typing.get_args(ConfigNames) == typing.get_args(AlgoNames) == tuple(METHODS)
+    assert ConfigNames is MethodName and AlgoNames is MethodName
+    assert typing.get_args(MethodName) == tuple(METHODS)

@@ -28,10 +28,10 @@ from typing import Any, Literal, get_args
 from sdar.algo.aggregate import AGG_MODES, AggMode
 from sdar.algo.distill import DIVERGENCE_KINDS, GATE_KINDS, DivergenceKind, GateKind
 from sdar.algo.policy import KL_ESTIMATORS, KLEstimator
+from sdar.names import MethodName
 
 __all__ = ["METHODS", "LossSpec", "MethodName", "MethodSpec", "get_method", "resolve_loss"]
 
-MethodName = Literal["grpo", "skill_grpo", "opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar"]
 AuxKind = Literal["none", "sdar", "skill_sd", "divergence"]
 AUX_KINDS: tuple[str, ...] = get_args(AuxKind)
 Reweight = Literal["none", "rlsd"]
