@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from sdar.algo import METHODS, LossSpec, MethodSpec, get_method, resolve_loss
+from sdar.config import RolloutConfig, TeacherConfig
 
 # Paper App. C: (lr, G, clip eps, lambda, beta, KL coef, skill retrieval). None = "—" in the table.
 PAPER_TABLE = {
@@ -38,15 +39,16 @@ def test_method_values_match_the_paper_table(name: str) -> None:
     spec = get_method(name)
     loss = spec.loss
     assert spec.lr == lr
-    if group is not None:
-        assert spec.group_size == group
+    if group is not None:  # the group size is the configuration's default, shared by every method
+        assert RolloutConfig().group_size == group
     if eps is not None:
         assert loss.pg_coef == 1.0 and loss.clip_low == eps and loss.clip_high == eps
     assert _lambda(spec) == lam
     if beta is not None:
         assert loss.aux == "sdar" and loss.gate == "gap" and loss.gate_beta == beta
     assert loss.kl_coef == kl and loss.kl_estimator == "low_var_kl"
-    assert spec.retrieval == retrieval
+    uses_skills = spec.teacher_sees_skills or spec.student_sees_skills
+    assert (TeacherConfig().retrieval if uses_skills else None) == retrieval
     # reference-code settings shared by every method
     assert loss.dual_clip == 3.0 and loss.entropy_coef == 0.001 and loss.agg == "token-mean"
     assert loss.detach_gate

@@ -13,8 +13,8 @@ Values follow the paper's hyperparameter table (App. C) and the reference launch
 | sdar       | 1  | 0.01 (sdar)        | 5.0       | 0.01 | teacher        |                                |
 
 All: lr 1e-6, group size 8, PPO clip 0.2/0.2, dual-clip 3, low_var_kl, entropy bonus 0.001, token-mean, keyword
-retrieval whenever skills are used. The paper lists no group size or clip for OPSD (it has no PG term); the reference
-rolls out 8 per task all the same, which is what ``group_size`` records. The Search scripts use KL 0.001: override
+retrieval whenever skills are used (the configuration's defaults ``rollout.group_size`` and ``teacher.retrieval``).
+The paper lists no group size or clip for OPSD (it has no PG term); the reference rolls out 8 per task all the same. The Search scripts use KL 0.001: override
 ``kl_coef`` per environment.
 """
 
@@ -136,11 +136,7 @@ class MethodSpec:
     student_sees_skills: bool = False
     """The student (rollout and training) prompt carries the skills (Skill-GRPO)."""
     lr: float = 1e-6
-    """Learning rate."""
-    group_size: int = 8
-    """Rollouts per task (G)."""
-    retrieval: Literal["keyword"] | None = None
-    """Skill retrieval strategy; None when no prompt carries skills."""
+    """Learning rate (``optim.lr`` when that is left unset)."""
 
 
 def _method(name: str, description: str, loss: LossSpec, *, teacher: bool, student: bool = False) -> MethodSpec:
@@ -150,7 +146,6 @@ def _method(name: str, description: str, loss: LossSpec, *, teacher: bool, stude
         loss=loss,
         teacher_sees_skills=teacher,
         student_sees_skills=student,
-        retrieval="keyword" if (teacher or student) else None,
     )
 
 
