@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from sdar.names import MethodName
+from sdar.names import ExpertKind, MethodName
 
 # The per-environment facts below mirror the environment specs (``sdar.envs.registry.ENV_SPECS``): this module
 # imports nothing from the package but sdar.names (tests/test_architecture.py), so it cannot ask the registry, and
@@ -269,6 +269,62 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """The supervised warm start (``sdar sft``). It reads the rest of the run's configuration as the RL run does:
+    model.name (the starting model, unless sft.model), model.enable_thinking, env.name/task_types/prompt_style/
+    max_turns/history_length, rollout.max_prompt_tokens, rollout.max_new_tokens (the measurement's response
+    budget), teacher.source (the privileged text of sft.privileged_fraction) and seed; so one preset describes the
+    warm start and the RL run that follows it, with the same prompts."""
+
+    model: str = ""
+    """Model to start from ('' = model.name): an alias prepared with `sdar model prepare`, a folder, a Hub id."""
+    out_dir: str = "runs/sft"
+    """Folder for the trained model, its tokenizer and sft_report.json (pass it as --model.name to sdar train)."""
+    expert: ExpertKind = "auto"
+    """Demonstrator: plan = the environment's optimal plan (it knows where objects are), search = the toy expert
+    that looks for the object receptacle by receptacle, as the agent has to; auto = search on toy, else plan."""
+    num_tasks: int = 28
+    """Expert episodes to record (train-split tasks in order; cycled with new reset seeds when more are asked)."""
+    keep_unfinished: bool = False
+    """Keep the turns of expert episodes that did not win within env.max_turns (their actions are the expert's)."""
+    reasoning: bool = True
+    """Targets carry a one-sentence reasoning line inside <think></think> (false: an empty think block)."""
+    privileged_fraction: float = 0.0
+    """Fraction of demonstrated turns also trained with the privileged text (teacher.source) in the prompt and the
+    plan's next step as the answer, so the same weights learn to act on the teacher's context."""
+    epochs: int = 1
+    """Passes over the demonstrations."""
+    lr: float = 1.5e-4
+    """Peak AdamW learning rate."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 2
+    """Optimizer steps of linear warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_rows: int = 4
+    """Turns per optimizer step."""
+    batch_tokens: int = 4096
+    """Token budget of one packed forward/backward pass."""
+    train_layers: int = 12
+    """Train only this many top decoder layers plus the final norm (0 = all parameters)."""
+    autocast: Literal["auto", "none", "bfloat16"] = "auto"
+    """Forward passes of training and measurement under bfloat16 autocast (weights stay float32): bfloat16 = always,
+    none = never, auto = on a GPU that supports it, and on a CPU only where a one-time probe found bf16 matmuls
+    faster than fp32 (``sdar.hardware``; CPUs without native bf16 can be tens of times slower with it)."""
+    num_threads: int = 0
+    """CPU threads for torch (0 = torch's default); on a busy machine fewer threads can be faster."""
+    eval_tasks: int = 16
+    """Held-out eval-split tasks measured before and after training (0 = no measurement)."""
+    eval_temperature: float = 0.0
+    """Sampling temperature of the measurement (0 = greedy)."""
+    eval_before: bool = True
+    """Also measure the starting model (doubles the measurement time)."""
+    eval_privileged: bool = False
+    """Also measure the trained model with the privileged text in every prompt (how much the context helps)."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A complete training run."""
 
@@ -279,6 +335,8 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """The supervised warm start (`sdar sft`); `sdar train` does not read it."""
     seed: int = 0
     """Seed for task sampling, environments, sampling and initialisation."""
     total_steps: int = 150
@@ -313,6 +371,17 @@ class RunConfig:
 def _closest(name: str, options: typing.Iterable[str]) -> str:
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.0)
     return match[0] if match else ""
+
+
+def _suggest(cls: type, key: str, names: list[str], path: str) -> str:
+    """The closest valid key; a key that is a field of one of ``cls``'s sections is shown under it (an old flat
+    `sdar sft` preset's ``epochs`` -> ``sft.epochs``)."""
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and key in {f.name for f in dataclasses.fields(tp)}:
+            return f"{path}.{name}.{key}" if path else f"{name}.{key}"
+    return _closest(key, names)
 
 
 def _check_value(path: str, tp: Any, value: Any) -> Any:
@@ -374,7 +443,7 @@ def from_dict(cls: type, data: Mapping[str, Any], *, base: Any = None, path: str
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}'; did you mean '{_closest(str(key), names)}'? "
+            raise ConfigError(f"unknown config key '{where}'; did you mean '{_suggest(cls, str(key), names, path)}'? "
                               f"valid keys here: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
@@ -623,5 +692,25 @@ def validate(cfg: RunConfig) -> None:
         add(f"keep_checkpoints must be >= 1 (got {cfg.keep_checkpoints})")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         add(f"device={cfg.device!r}: use auto, cpu, cuda or cuda:N")
+    problems += sft_problems(cfg.sft)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def sft_problems(s: SFTConfig) -> list[str]:
+    """What is wrong with the ``sft`` section (range checks; ``validate`` reports non-finite numbers first)."""
+    out = []
+    for name in ("num_tasks", "epochs", "batch_rows", "batch_tokens"):
+        if getattr(s, name) < 1:
+            out.append(f"sft.{name} must be >= 1 (got {getattr(s, name)})")
+    for name in ("eval_tasks", "train_layers", "warmup_steps", "num_threads"):
+        if getattr(s, name) < 0:
+            out.append(f"sft.{name} must be >= 0 (got {getattr(s, name)})")
+    if not 0 < s.lr < 1:
+        out.append(f"sft.lr must be in (0, 1) (got {s.lr})")
+    for name in ("eval_temperature", "weight_decay"):
+        if getattr(s, name) < 0:
+            out.append(f"sft.{name} must be >= 0 (got {getattr(s, name)})")
+    if not 0 <= s.privileged_fraction <= 1:
+        out.append(f"sft.privileged_fraction must be in [0, 1] (got {s.privileged_fraction})")
+    return out

@@ -95,7 +95,7 @@ def _eval_non_empty(tmp: Path) -> list[str]:
 
 def _sft_non_empty(tmp: Path) -> list[str]:
     _file(tmp, "sft/config.json", "{}")
-    return ["sft", "--model", "tiny-random", "--out-dir", str(tmp / "sft")]
+    return ["sft", "--model.name", "tiny-random", "--sft.out-dir", str(tmp / "sft")]
 
 
 def _compare_foreign(tmp: Path) -> list[str]:
@@ -164,8 +164,8 @@ CASES = [
     Case("eval_out_not_empty", _eval_non_empty, ("sdar eval", "not empty", "--overwrite")),
     Case("eval_missing_run", lambda t: ["eval", str(t / "no_run")], ("no_run", "neither a checkpoint folder")),
     Case("sft_out_not_empty", _sft_non_empty, ("sdar sft", "not empty", "--overwrite")),
-    Case("sft_nan_lr", lambda t: ["sft", "--lr", "nan"], ("lr must be a finite number",)),
-    Case("sft_unknown_key", lambda t: ["sft", "--config", str(_file(t, "s.yaml", "epoch: 2\n"))],
+    Case("sft_nan_lr", lambda t: ["sft", "--sft.lr", "nan"], ("sft.lr must be a finite number",)),
+    Case("sft_unknown_key", lambda t: ["sft", "--config", str(_file(t, "s.yaml", "sft:\n  epoch: 2\n"))],
          ("s.yaml", "did you mean 'epochs'")),
     Case("compare_foreign_folder", _compare_foreign, ("notes.txt", "does not write", "sdar compare")),
     Case("report_missing_run", lambda t: ["report", str(t / "none")], ("metrics.jsonl", "does not exist")),

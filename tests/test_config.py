@@ -17,8 +17,7 @@ from sdar.config import (
 )
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
-                 if p.parent.name != "sft" and not p.name.startswith("sft"))  # SFT presets: tests/test_sft.py
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))  # RL and SFT presets alike
 
 
 def test_presets_exist():
@@ -195,10 +194,18 @@ def test_missing_config_file_names_the_presets_folder(tmp_path: Path):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "sft").glob("*.yaml")),
                          ids=lambda p: p.name)
-def test_sft_presets_load(path: Path):
+def test_sft_presets_are_run_configs_with_an_sft_section(path: Path):
     import yaml
 
-    from sdar.commands.sft import SFTConfig
+    cfg = load_config(path)
+    assert "sft" in yaml.safe_load(path.read_text()) and cfg.sft.epochs >= 1 and cfg.sft.out_dir != "runs/sft"
 
-    cfg = from_dict(SFTConfig, yaml.safe_load(path.read_text()))
-    assert cfg.model and cfg.epochs >= 1
+
+def test_a_section_key_at_the_top_level_is_shown_under_its_section(tmp_path: Path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("max_turns: 8\n")
+    with pytest.raises(ConfigError, match="did you mean 'env.max_turns'"):
+        load_config(preset)
+    preset.write_text("optim:\n  lrr: 1\n")  # inside a section: the closest key of that section
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        load_config(preset)

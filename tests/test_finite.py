@@ -21,7 +21,6 @@ from sdar.distributed import DataParallel
 from sdar.errors import NonFiniteWeightsError
 from sdar.learner import LocalLearner
 from sdar.learner.checkpoint import latest_checkpoint
-from sdar.commands.sft import SFTConfig
 from sdar.tiny import byte_tokenizer, tiny_model
 from sdar.run_checkpoint import nonfinite_weights, save
 
@@ -44,12 +43,11 @@ def _float_fields(cls: type, prefix: str = "") -> list[str]:
 
 
 RUN_FLOATS = _float_fields(RunConfig)
-SFT_FLOATS = _float_fields(SFTConfig)
 
 
 def test_the_config_has_float_settings_to_check():
     assert {"optim.lr", "rollout.temperature", "eval_temperature", "teacher.hint_noise"} <= set(RUN_FLOATS)
-    assert {"lr", "privileged_fraction"} <= set(SFT_FLOATS)
+    assert {"sft.lr", "sft.privileged_fraction"} <= set(RUN_FLOATS)  # the warm start's settings are checked alike
 
 
 @pytest.mark.parametrize("key", RUN_FLOATS)
@@ -64,12 +62,6 @@ def test_lr_inf_in_a_preset_is_rejected(tmp_path):
     preset.write_text("optim:\n  lr: .inf\n")
     with pytest.raises(ConfigError, match="optim.lr must be a finite number"):
         load_config(preset)
-
-
-@pytest.mark.parametrize("key", SFT_FLOATS)
-def test_every_sft_float_must_be_finite(key):
-    with pytest.raises(ValueError, match=f"{key} must be a finite number"):
-        SFTConfig(**{key: math.nan})
 
 
 @pytest.mark.parametrize(("key", "value", "fragment"), [

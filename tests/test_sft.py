@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdar.config import ConfigError
+from sdar.config import ConfigError, EnvConfig, ModelConfig, RunConfig, SFTConfig, load_config
 from sdar.envs import TaskSpec, ToyTextEnv
 from sdar.envs.registry import make_env_factory, make_task_source
 from sdar.envs.toy import expert_action
@@ -25,7 +26,6 @@ from sdar.rollout.generator import Sample, SamplingParams
 from sdar.rollout.hf import HFGenerator
 from sdar.commands.sft import (
     REASONING_TEMPLATES,
-    SFTConfig,
     SFTExample,
     encode_examples,
     episode_seed,
@@ -42,7 +42,7 @@ from sdar.commands.sft import (
     toy_expert,
     train_sft,
 )
-from sdar.commands.sft_cli import main
+from sdar.commands.cli import cmd_sft as main
 from sdar.tiny import byte_tokenizer
 
 CLEAN = TaskSpec("pick_clean_then_place-train-0-0001", "pick_clean_then_place")  # 8-step plan
@@ -311,29 +311,32 @@ def test_saved_folder_reloads_with_load_model(tok, tmp_path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the command
 def test_config_rejects_bad_values(tmp_path, capsys) -> None:
-    with pytest.raises(ValueError, match="epochs"):
-        SFTConfig(epochs=0)
-    with pytest.raises(ValueError, match="train_layers"):
-        SFTConfig(train_layers=-1)
-    with pytest.raises(ConfigError, match="epochs must be >= 1"):
-        main(["--model", "tiny-random", "--epochs", "0"])
-    with pytest.raises(ConfigError, match="lr must be a finite number"):
-        main(["--model", "tiny-random", "--lr", "inf"])
+    with pytest.raises(ConfigError, match=r"sft.epochs must be >= 1 \(got 0\)"):
+        main(["--model.name", "tiny-random", "--sft.epochs", "0"])
+    with pytest.raises(ConfigError, match="sft.train_layers must be >= 0"):
+        main(["--sft.train-layers", "-1"])
+    with pytest.raises(ConfigError, match="sft.lr must be a finite number"):
+        main(["--model.name", "tiny-random", "--sft.lr", "inf"])
     preset = tmp_path / "p.yaml"
-    preset.write_text("epoch: 2\n")
+    preset.write_text("sft:\n  epoch: 2\n")
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        main(["--config", str(preset)])
+    preset.write_text("epochs: 2\n")  # the old flat layout: the message points at the section
+    with pytest.raises(ConfigError, match="did you mean 'sft.epochs'"):
         main(["--config", str(preset)])
 
 
 def test_main_runs_end_to_end_on_tiny_model(tmp_path, capsys) -> None:
     out = tmp_path / "sft"
     preset = tmp_path / "p.yaml"
-    preset.write_text("model: tiny-random\nexpert: plan\nnum_tasks: 2\nmax_turns: 8\neval_tasks: 2\n")
-    rc = main(["--config", str(preset), "--epochs", "1", "--lr", "1e-3", "--eval-max-new-tokens", "4",
-               "--out-dir", str(out)])
+    preset.write_text("model:\n  name: tiny-random\nenv:\n  max_turns: 8\nsft:\n  expert: plan\n  num_tasks: 2\n"
+                      "  eval_tasks: 2\n")
+    rc = main(["--config", str(preset), "--sft.epochs", "1", "--sft.lr", "1e-3", "--rollout.max-new-tokens", "4",
+               "--sft.out-dir", str(out)])
     assert rc == 0
     report = json.loads((out / "sft_report.json").read_text())
-    assert report["config"]["model"] == "tiny-random" and report["config"]["epochs"] == 1
+    assert report["config"]["model"]["name"] == "tiny-random" and report["config"]["sft"]["epochs"] == 1
+    assert report["config"]["env"]["max_turns"] == 8 and report["config"]["rollout"]["max_new_tokens"] == 4
     tasks = make_task_source("toy").tasks("train")[:2]
     expected = expert_turns(make_env_factory("toy", max_turns=8), tasks, expert=toy_expert, history_length=2,
                             max_turns=8, seed=0)
@@ -352,10 +355,10 @@ def test_autocast_defaults_to_auto_in_the_config_and_the_presets() -> None:
 
     from sdar.config import from_dict
 
-    assert SFTConfig().autocast == "auto"
+    assert SFTConfig().autocast == "auto" and RunConfig().sft.autocast == "auto"
     presets = Path(__file__).resolve().parents[1] / "configs" / "sft"
     for name in ("smollm2.yaml", "smollm2_alfworld.yaml"):
-        assert from_dict(SFTConfig, yaml.safe_load((presets / name).read_text())).autocast == "auto"
+        assert from_dict(RunConfig, yaml.safe_load((presets / name).read_text())).sft.autocast == "auto"
 
 
 @pytest.mark.parametrize(("setting", "fast", "dtype"), [("none", True, "float32"), ("auto", False, "float32"),
@@ -374,8 +377,9 @@ def test_run_sft_resolves_and_logs_the_compute_dtype(tmp_path, monkeypatch, capl
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(sft, "train_sft", spy)
-    cfg = SFTConfig(model="tiny-random", expert="plan", num_tasks=1, max_turns=8, eval_tasks=0, autocast=setting,
-                    out_dir=str(tmp_path / "out"))
+    cfg = dataclasses.replace(RunConfig(), model=ModelConfig(name="tiny-random"), env=EnvConfig(max_turns=8),
+                              sft=SFTConfig(expert="plan", num_tasks=1, eval_tasks=0, autocast=setting,
+                                            out_dir=str(tmp_path / "out")))
     with caplog.at_level(logging.INFO, logger="sdar.commands.sft"):
         run_sft(cfg)
     assert seen == [None if dtype == "float32" else torch.bfloat16]
@@ -404,14 +408,10 @@ def test_measure_reports_turn_progress(tok) -> None:
 
 
 def test_every_sft_preset_loads() -> None:
-    """Every SFT preset (configs/sft/*.yaml and configs/*/sft*.yaml) builds a valid SFTConfig."""
-    import yaml
-
-    from sdar.config import from_dict
-
+    """Every SFT preset (configs/sft/*.yaml and configs/*/sft*.yaml) is a valid run configuration."""
     root = Path(__file__).resolve().parents[1] / "configs"
     presets = sorted({*root.glob("sft/*.yaml"), *root.glob("*/sft*.yaml")})
     assert any(p.parent.name == "testbed" for p in presets)
     for path in presets:
-        cfg = from_dict(SFTConfig, yaml.safe_load(path.read_text()))
-        assert cfg.num_tasks >= 1, path
+        cfg = load_config(path)
+        assert cfg.sft.num_tasks >= 1, path

@@ -77,7 +77,11 @@ def parse_run_config(argv: Sequence[str], prog: str):
         prog=prog,
         description="Options override the preset given with --config FILE (YAML); defaults are shown."
                     + (" A run folder (out_dir) that is not empty is refused unless --resume (continue it) or "
-                       "--overwrite (delete the run's files first) is given." if prog == "sdar train" else ""),
+                       "--overwrite (delete the run's files first) is given." if prog == "sdar train" else "")
+                    + (" The warm start reads the sft section and, as the RL run does, model, env, "
+                       "rollout.max_prompt_tokens/max_new_tokens, teacher.source and seed; a non-empty sft.out_dir "
+                       "is refused unless --overwrite (it deletes the model folder's files first)."
+                       if prog == "sdar sft" else ""),
     )
     try:
         validate(cfg)
@@ -208,9 +212,27 @@ def cmd_envs(argv: Sequence[str]) -> int:
 
 
 def cmd_sft(argv: Sequence[str]) -> int:
-    from sdar.commands.sft_cli import main as sft_main
+    """``sdar sft [--overwrite] [--config FILE] [--section.key VALUE ...]``: the warm start of ``RunConfig.sft``.
 
-    return sft_main(list(argv))
+    The preset is a run configuration like `sdar train`'s (its sft section, plus the model, env, rollout budgets,
+    teacher.source and seed that the RL run uses); a non-empty ``sft.out_dir`` is refused unless ``--overwrite``,
+    which deletes only the files of a model folder (:data:`sdar.runfolder.SFT_LAYOUT`).
+    """
+    overwrite, rest = _take_flag(argv, "--overwrite")
+    cfg = parse_run_config(rest, "sdar sft")
+    from sdar.commands.sft import run_sft
+    from sdar.runfolder import SFT_LAYOUT, prepare_folder
+
+    prepare_folder(cfg.sft.out_dir, SFT_LAYOUT, mode="overwrite" if overwrite else "new")
+    report = run_sft(cfg)
+    for name in ("before", "after", "after_privileged"):
+        m = report.get(name)
+        if m is not None:
+            sys.stdout.write(f"{name.replace('_', ' ')}: valid-action rate {m['valid_action_rate']:.3f}  success "
+                             f"rate {m['success_rate']:.3f}  format rate {m['format_rate']:.3f}  "
+                             f"({int(m['episodes'])} episodes, {m['mean_turns']:.1f} turns each)\n")
+    sys.stdout.write(f"model saved to {report['model_dir']} (report: {report['model_dir']}/sft_report.json)\n")
+    return 0
 
 
 def cmd_eval(argv: Sequence[str]) -> int:

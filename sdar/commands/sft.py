@@ -19,8 +19,6 @@ Pipeline (``sdar sft``):
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,18 +43,18 @@ from sdar.metrics import RolloutProgress, eta_seconds, format_duration
 from sdar.prompts.parse import parse_action
 from sdar.prompts.render import fit_prompt
 from sdar.envs.experts import ToySearchExpert, plan_expert, toy_expert
-from sdar.envs.registry import ExpertKind, expert_for
+from sdar.envs.registry import expert_for
 from sdar.envs.spec import Expert
 from sdar.data.demos import ExpertTurn, episode_seed, expert_turns
 
 if TYPE_CHECKING:
+    from sdar.config import RunConfig
     from sdar.rollout.collect import TurnProgress
 
 __all__ = [
     "REASONING_TEMPLATES",
     "Expert",
     "ExpertTurn",
-    "SFTConfig",
     "SFTExample",
     "ToySearchExpert",
     "encode_examples",
@@ -403,124 +401,6 @@ def measure(
 
 
 # ----------------------------------------------------------------------------------------------------- the run
-_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("sdar_sft_checks", default=True)
-
-
-def checks_enabled() -> bool:
-    """Whether ``SFTConfig`` checks its values on construction (off while :func:`main` parses the command line)."""
-    return _CHECKS.get()
-
-
-@contextlib.contextmanager
-def _checks_deferred() -> Iterator[None]:
-    token = _CHECKS.set(False)
-    try:
-        yield
-    finally:
-        _CHECKS.reset(token)
-
-
-def sft_config_problems(cfg: "SFTConfig") -> list[str]:
-    """What is wrong with ``cfg`` (empty when it can run): NaN or infinite numbers first, then values out of range."""
-    from sdar.config import nonfinite_fields
-
-    out = nonfinite_fields(cfg)
-    if out:
-        return out
-    for name in ("num_tasks", "epochs", "batch_rows", "batch_tokens", "max_turns", "max_prompt_tokens",
-                 "eval_max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            out.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("history_length", "eval_tasks", "train_layers", "warmup_steps", "num_threads"):
-        if getattr(cfg, name) < 0:
-            out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if not 0 < cfg.lr < 1:
-        out.append(f"lr must be in (0, 1), got {cfg.lr}")
-    for name in ("eval_temperature", "weight_decay"):
-        if getattr(cfg, name) < 0:
-            out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if not 0 <= cfg.privileged_fraction <= 1:
-        out.append(f"privileged_fraction must be in [0, 1], got {cfg.privileged_fraction}")
-    return out
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """Supervised warm start on expert demonstrations (``sdar sft``)."""
-
-    model: str = "smollm2-135m"
-    """Model to start from: alias (prepared with `sdar model prepare`), local folder, Hub id or tiny-random."""
-    env: str = "toy"
-    """Environment whose train split gives the demonstrations and whose eval split gives the measurement."""
-    expert: ExpertKind = "auto"
-    """Demonstrator: plan = the environment's optimal plan (it knows where objects are), search = the toy expert
-    that looks for the object receptacle by receptacle, as the agent has to; auto = search on toy, else plan."""
-    num_tasks: int = 28
-    """Expert episodes to record (train-split tasks in order; cycled with new reset seeds when more are asked)."""
-    epochs: int = 1
-    """Passes over the demonstrations."""
-    lr: float = 1.5e-4
-    """Peak AdamW learning rate."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """Learning-rate schedule after warm-up."""
-    warmup_steps: int = 2
-    """Optimizer steps of linear warm-up."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    batch_rows: int = 4
-    """Turns per optimizer step."""
-    batch_tokens: int = 4096
-    """Token budget of one packed forward/backward pass."""
-    train_layers: int = 12
-    """Train only this many top decoder layers plus the final norm (0 = all parameters)."""
-    autocast: Literal["auto", "none", "bfloat16"] = "auto"
-    """Forward passes of training and measurement under bfloat16 autocast (weights stay float32): bfloat16 = always,
-    none = never, auto = on a GPU that supports it, and on a CPU only where a one-time probe found bf16 matmuls
-    faster than fp32 (``sdar.hardware``; CPUs without native bf16 can be tens of times slower with it)."""
-    history_length: int = 2
-    """(observation, action) pairs shown in each prompt; keep it equal to env.history_length of the RL run."""
-    max_turns: int = 15
-    """Turn limit of the expert and evaluation episodes."""
-    max_prompt_tokens: int = 2048
-    """Prompt budget per turn (oldest history dropped first), as rollout.max_prompt_tokens of the RL run."""
-    enable_thinking: bool | None = None
-    """Passed to the chat template when set (Qwen3: false), as model.enable_thinking of the RL run."""
-    seed: int = 0
-    """Seeds the reset seeds, reasoning templates, shuffling and sampling."""
-    out_dir: str = "runs/sft"
-    """Folder for the trained model, its tokenizer and sft_report.json (pass it as --model.name to sdar train)."""
-    eval_tasks: int = 16
-    """Held-out eval-split tasks measured before and after training (0 = no measurement)."""
-    eval_max_new_tokens: int = 64
-    """Response budget per turn during measurement."""
-    eval_temperature: float = 0.0
-    """Sampling temperature of the measurement (0 = greedy)."""
-    eval_before: bool = True
-    """Also measure the starting model (doubles the measurement time)."""
-    num_threads: int = 0
-    """CPU threads for torch (0 = torch's default); on a busy machine fewer threads can be faster."""
-    task_types: tuple[str, ...] = ()
-    """Only these task types (empty = the environment's default types), as env.task_types of the RL run."""
-    prompt_style: Literal["", "compact"] = ""
-    """Prompt style, as env.prompt_style of the RL run ('' = the environment's template, compact = short)."""
-    keep_unfinished: bool = False
-    """Keep the turns of expert episodes that did not win within max_turns (their actions are still the expert's)."""
-    reasoning: bool = True
-    """Targets carry a one-sentence reasoning line inside <think></think> (false: an empty think block)."""
-    privileged_fraction: float = 0.0
-    """Fraction of demonstrated turns that are also trained with the privileged text (privileged_source) in the
-    prompt and the plan's next step as the answer, so the same weights learn to act on the teacher's context."""
-    privileged_source: str = "expert_plan"
-    """Privileged source of those examples (a numbered plan the environment reports per state)."""
-    eval_privileged: bool = False
-    """Also measure the trained model with the privileged text in every prompt (how much the context helps)."""
-
-    def __post_init__(self) -> None:
-        problems = sft_config_problems(self) if checks_enabled() else []
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
 def _check_out_dir(folder: Path) -> None:
     """Refuse to replace a non-empty folder that is not a saved model (it would be swapped out as a whole)."""
     if folder.exists() and not folder.is_dir():
@@ -574,68 +454,75 @@ def _cycle(tasks: Sequence[TaskSpec], n: int) -> list[TaskSpec]:
     return [tasks[i % len(tasks)] for i in range(n)]
 
 
-def run_sft(cfg: SFTConfig) -> dict[str, Any]:
-    """Record demonstrations, measure, train, measure again, save; returns the report written to sft_report.json."""
+def run_sft(cfg: RunConfig) -> dict[str, Any]:
+    """Record demonstrations, measure, train, measure again, save; returns the report written to sft_report.json.
+
+    Reads ``cfg.sft`` and, as the RL run does, the model, environment, prompt budgets, privileged source and seed
+    (see :class:`sdar.config.SFTConfig`)."""
+    from sdar.config import to_dict
     from sdar.envs.registry import make_env_factory, make_task_source
     from sdar.hardware import cpu_description, resolve_autocast
     from sdar.models import load_model, load_tokenizer
 
-    _check_out_dir(Path(cfg.out_dir))  # before the work, not after it
+    s, env = cfg.sft, cfg.env
+    model_name = s.model or cfg.model.name
+    thinking, prompt_budget, source_name = cfg.model.enable_thinking, cfg.rollout.max_prompt_tokens, cfg.teacher.source
+    _check_out_dir(Path(s.out_dir))  # before the work, not after it
     torch.manual_seed(cfg.seed)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    make_env = make_env_factory(cfg.env, max_turns=cfg.max_turns)
-    source = make_task_source(cfg.env, task_types=cfg.task_types)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, dtype="float32")
+    if s.num_threads > 0:
+        torch.set_num_threads(s.num_threads)
+    make_env = make_env_factory(env.name, max_turns=env.max_turns)
+    source = make_task_source(env.name, task_types=env.task_types)
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, dtype="float32")
     device = next(model.parameters()).device
-    autocast = resolve_autocast(cfg.autocast, device)
-    logger.info("CPU: %s; device %s; autocast %s -> compute dtype %s", cpu_description(), device, cfg.autocast,
+    autocast = resolve_autocast(s.autocast, device)
+    logger.info("CPU: %s; device %s; autocast %s -> compute dtype %s", cpu_description(), device, s.autocast,
                 str(autocast or torch.float32).removeprefix("torch."))
 
     began = time.perf_counter()
-    turns = expert_turns(make_env, _cycle(source.tasks("train"), cfg.num_tasks),
-                         expert=expert_for(cfg.env, cfg.expert), history_length=cfg.history_length,
-                         max_turns=cfg.max_turns, seed=cfg.seed, keep_failed=cfg.keep_unfinished,
-                         style=cfg.prompt_style)
-    privileged = privileged_example_turns(turns, cfg.privileged_fraction, source=cfg.privileged_source,
-                                          seed=cfg.seed) if cfg.privileged_fraction > 0 else []
-    examples = encode_examples(tokenizer, turns, seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens,
-                               enable_thinking=cfg.enable_thinking, reasoning=cfg.reasoning, privileged=privileged)
+    turns = expert_turns(make_env, _cycle(source.tasks("train"), s.num_tasks),
+                         expert=expert_for(env.name, s.expert), history_length=env.history_length,
+                         max_turns=env.max_turns, seed=cfg.seed, keep_failed=s.keep_unfinished,
+                         style=env.prompt_style)
+    privileged = privileged_example_turns(turns, s.privileged_fraction, source=source_name,
+                                          seed=cfg.seed) if s.privileged_fraction > 0 else []
+    examples = encode_examples(tokenizer, turns, seed=cfg.seed, max_prompt_tokens=prompt_budget,
+                               enable_thinking=thinking, reasoning=s.reasoning, privileged=privileged)
     prompt_lens = [len(e.prompt_ids) for e in examples]
     target_lens = [len(e.target_ids) for e in examples]
     logger.info("%d expert turns from %d episodes; prompt tokens mean %.0f max %d; target tokens max %d",
-                len(examples), cfg.num_tasks, sum(prompt_lens) / max(len(prompt_lens), 1), max(prompt_lens, default=0),
+                len(examples), s.num_tasks, sum(prompt_lens) / max(len(prompt_lens), 1), max(prompt_lens, default=0),
                 max(target_lens, default=0))
 
-    eval_tasks = panel_tasks(source.tasks("eval"), cfg.eval_tasks)  # round-robin over task types
+    eval_tasks = panel_tasks(source.tasks("eval"), s.eval_tasks)  # round-robin over task types
 
     def evaluate(label: str, privileged_source: str | None = None) -> dict[str, float]:
-        return measure(model, tokenizer, make_env, eval_tasks, history_length=cfg.history_length,
-                       max_turns=cfg.max_turns, max_prompt_tokens=cfg.max_prompt_tokens,
-                       max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature, seed=cfg.seed,
-                       enable_thinking=cfg.enable_thinking, autocast_dtype=autocast,
-                       privileged_source=privileged_source, prompt_style=cfg.prompt_style,
+        return measure(model, tokenizer, make_env, eval_tasks, history_length=env.history_length,
+                       max_turns=env.max_turns, max_prompt_tokens=prompt_budget,
+                       max_new_tokens=cfg.rollout.max_new_tokens, temperature=s.eval_temperature, seed=cfg.seed,
+                       enable_thinking=thinking, autocast_dtype=autocast,
+                       privileged_source=privileged_source, prompt_style=env.prompt_style,
                        progress=RolloutProgress(f"measure {label}"))
 
-    before = evaluate("before") if eval_tasks and cfg.eval_before else None
+    before = evaluate("before") if eval_tasks and s.eval_before else None
     if before is not None:
         logger.info("before: %s", before)
-    trainable = freeze_lower_layers(model, cfg.train_layers)
-    history = train_sft(model, examples, epochs=cfg.epochs, lr=cfg.lr, batch_rows=cfg.batch_rows,
-                        batch_tokens=cfg.batch_tokens, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                        weight_decay=cfg.weight_decay, autocast_dtype=autocast, seed=cfg.seed)
+    trainable = freeze_lower_layers(model, s.train_layers)
+    history = train_sft(model, examples, epochs=s.epochs, lr=s.lr, batch_rows=s.batch_rows,
+                        batch_tokens=s.batch_tokens, schedule=s.schedule, warmup_steps=s.warmup_steps,
+                        weight_decay=s.weight_decay, autocast_dtype=autocast, seed=cfg.seed)
     model.requires_grad_(True)
-    folder = save_model(model, tokenizer, cfg.out_dir)  # saved before the measurement: a failure there loses nothing
+    folder = save_model(model, tokenizer, s.out_dir)  # saved before the measurement: a failure there loses nothing
     after = evaluate("after") if eval_tasks else None
     if after is not None:
         logger.info("after: %s", after)
-    after_privileged = (evaluate(f"after ({cfg.privileged_source})", cfg.privileged_source)
-                        if eval_tasks and cfg.eval_privileged else None)
+    after_privileged = (evaluate(f"after ({source_name})", source_name)
+                        if eval_tasks and s.eval_privileged else None)
     if after_privileged is not None:
-        logger.info("after, with %s in the prompt: %s", cfg.privileged_source, after_privileged)
+        logger.info("after, with %s in the prompt: %s", source_name, after_privileged)
     report: dict[str, Any] = {
-        "config": dataclasses.asdict(cfg),
+        "config": to_dict(cfg),
         "eval_task_ids": [t.task_id for t in eval_tasks],
         "train_turns": len(examples),
         "train_prompt_tokens_mean": sum(prompt_lens) / max(len(prompt_lens), 1),

@@ -10,7 +10,7 @@ depends on nothing in the package), so it keeps a copy of the names and per-envi
 from __future__ import annotations
 
 import difflib
-from typing import Literal, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from sdar.envs.alfworld.spec import ALFWORLD_SPEC
 from sdar.envs.base import EnvFactory, EnvUnavailable, TaskSource
@@ -19,6 +19,7 @@ from sdar.envs.spec import ActionParser, EnvSpec, Expert, ExpertBuilder, OnlyTyp
 from sdar.envs.toy_spec import TOY_SPEC
 from sdar.envs.webshop.spec import WEBSHOP_SPEC
 from sdar.prompts.parse import parse_action
+from sdar.names import ExpertKind
 from sdar.prompts.render import COMPACT_TEMPLATES, TEMPLATES, PromptTemplate, get_template
 
 __all__ = [
@@ -149,7 +150,6 @@ def get_parser(env_name: str) -> ActionParser:
     return spec.parser if spec is not None else parse_action
 
 
-ExpertKind = Literal["auto", "plan", "search"]
 
 
 def expert_for(env_name: str, kind: ExpertKind = "plan") -> Expert:
