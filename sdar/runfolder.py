@@ -61,10 +61,10 @@ LOSS_SPEC_FILE = "loss_spec.yaml"
 
 RESUME_MAY_CHANGE: tuple[str, ...] = (
     "total_steps", "resume", "device", "out_dir", "log", "eval_every", "eval_tasks", "eval_temperature",
-    "eval_at_start", "eval_with_skills", "save_every", "keep_checkpoints", "optim.rollback_nonfinite",
+    "eval_at_start", "eval_with_skills", "save_every", "keep_checkpoints", "optim.rollback_nonfinite", "sft",
 )
 """Settings (a dotted key, or a section for all of its keys) that ``--resume`` may change: the length of the run,
-where and how it logs, evaluates and checkpoints, and the device. Every other setting defines the run (model,
+where and how it logs, evaluates and checkpoints, the device, and the warm start's section (RL does not read it). Every other setting defines the run (model,
 data, method, sampling, optimizer, seed), so changing it on resume would make the continued steps a different run."""
 
 

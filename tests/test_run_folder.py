@@ -104,7 +104,8 @@ def test_resume_may_change_only_the_listed_settings(tmp_path):
     stored = yaml.safe_load(dump_yaml(_cfg(tmp_path)))
     harmless = _cfg(tmp_path / "elsewhere", total_steps=9, eval_every=2, eval_tasks=8, save_every=3, keep_checkpoints=4,
                     device="cpu", resume=True, eval_at_start=True, eval_temperature=0.0, **{"log.jsonl": False,
-                                                                                             "log.sample_every": 0})
+                                                                                             "log.sample_every": 0,
+                                                                                             "sft.epochs": 3})
     assert changed_settings(stored, harmless) == {}
     changed = _cfg(tmp_path, seed=3, **{"algo.method": "grpo", "optim.lr": 1e-3, "env.task_types": ["pick_and_place"]})
     diff = changed_settings(stored, changed)

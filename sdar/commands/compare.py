@@ -94,7 +94,7 @@ CURVES = (("eval/success", 100.0, "success_vs_step.png", "Evaluation success", "
           ("sdar/gate_active_ratio", 1.0, "gate_active_ratio.png", "Gate-active ratio (g > 0.5)", "ratio"),
           ("sdar/gap_pre_mean", 1.0, "teacher_gap.png", "Mean teacher-student gap Δ", "mean Δ (nats per token)"))
 """(metric, scale, file, title, y label) of the per-method training-curve plots."""
-NOT_TRAINING_KEYS = ("resume", "device", "log", "eval_tasks", "eval_temperature", "eval_with_skills")
+NOT_TRAINING_KEYS = ("resume", "device", "log", "eval_tasks", "eval_temperature", "eval_with_skills", "sft")
 """Top-level config keys that do not change the trained weights (ignored when checking an existing run)."""
 RunState = Literal["finished", "partial", "new"]
 
