@@ -20,25 +20,10 @@ import yaml
 
 from sdar.names import ExpertKind, MethodName
 
-# The per-environment facts below mirror the environment specs (``sdar.envs.registry.ENV_SPECS``): this module
-# imports nothing from the package but sdar.names (tests/test_architecture.py), so it cannot ask the registry, and
-# tests/test_env_spec.py fails, naming the difference, when a spec and these tables disagree.
-EnvName = Literal["toy", "alfworld", "webshop", "search"]
-PrivilegedSource = Literal["skills", "expert_plan", "gold_answer", "goal_attributes", "none"]
-AVAILABLE_ENVS: tuple[str, ...] = ("toy", "alfworld", "webshop", "search")
-"""Environments this version can train on (``ENV_NAMES`` of the registry)."""
 TEACHER_METHODS = ("opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar")
-SOURCES_BY_ENV: dict[str, tuple[str, ...]] = {
-    "toy": ("skills", "expert_plan"),
-    "alfworld": ("skills", "expert_plan"),
-    "webshop": ("skills", "goal_attributes"),
-    "search": ("skills", "gold_answer"),
-}
-"""Privileged sources each environment gives (``EnvSpec.privileged_sources``); ``none`` is always allowed."""
-COMPACT_STYLE_ENVS: tuple[str, ...] = ("toy", "alfworld")
-"""Environments with a ``prompt_style=compact`` template (``EnvSpec.compact_template``)."""
-RETRIEVER_ENVS: tuple[str, ...] = ("search",)
-"""Environments that take ``env.retriever_url`` (``EnvSpec.uses_retriever``)."""
+"""Methods whose update reads the teacher (``LossSpec.needs_teacher``; tests/test_protocols.py ties the two)."""
+# Per-environment facts (names, privileged sources, compact template, retriever) are read from the environment
+# specs (``sdar.envs.registry``) when a configuration is validated: adding an environment does not touch this file.
 
 
 class ConfigError(ValueError):
@@ -79,7 +64,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    name: EnvName = "toy"
+    name: str = "toy"
     """Environment: toy (built-in household game), alfworld, webshop, search."""
     prompt_style: Literal["", "compact"] = ""
     """Prompt wording: '' = the environment's template (the paper's structure), compact = a short variant of the
@@ -205,7 +190,7 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    source: PrivilegedSource = "skills"
+    source: str = "skills"
     """Privileged context given to the teacher: skills, expert_plan (toy/alfworld), gold_answer (search),
     goal_attributes (webshop), or none."""
     retrieval: Literal["keyword", "ucb", "full", "random"] = "keyword"
@@ -568,12 +553,18 @@ def validate(cfg: RunConfig) -> None:
         combine_with_dtype(m.precision, m.dtype)
     except ValueError as err:
         add(str(err))
-    if e.name not in AVAILABLE_ENVS:
-        add(f"env.name={e.name!r} is not available in this version; use one of {list(AVAILABLE_ENVS)}")
+    from sdar.envs.registry import ENV_NAMES, find_env_spec  # text-only; the specs hold the per-environment facts
+
+    spec = find_env_spec(e.name)
+    if spec is None:
+        add(f"env.name={e.name!r} is not available in this version; use one of {list(ENV_NAMES)}")
+    compact_envs = [n for n in ENV_NAMES if find_env_spec(n).compact_template is not None]  # type: ignore[union-attr]
+    retriever_envs = [n for n in ENV_NAMES if find_env_spec(n).uses_retriever]  # type: ignore[union-attr]
+    allowed = spec.privileged_sources if spec is not None else ()
     if e.max_turns < 1:
         add(f"env.max_turns must be >= 1 (got {e.max_turns})")
-    if e.prompt_style == "compact" and e.name not in COMPACT_STYLE_ENVS:
-        add(f"env.prompt_style=compact exists for {' and '.join(COMPACT_STYLE_ENVS)} only, not {e.name!r}; leave "
+    if e.prompt_style == "compact" and e.name not in compact_envs:
+        add(f"env.prompt_style=compact exists for {' and '.join(compact_envs)} only, not {e.name!r}; leave "
             "env.prompt_style empty")
     if e.history_length < 0:
         add(f"env.history_length must be >= 0 (got {e.history_length})")
@@ -581,8 +572,8 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.num_workers must be >= 0 (got {e.num_workers}); 0 steps environments in-process")
     if e.step_timeout_s <= 0:
         add(f"env.step_timeout_s must be > 0 (got {e.step_timeout_s})")
-    if e.retriever_url and (e.name not in RETRIEVER_ENVS or not e.retriever_url.startswith(("http://", "https://"))):
-        add(f"env.retriever_url={e.retriever_url!r} needs env.name={'|'.join(RETRIEVER_ENVS)} and an http(s):// "
+    if e.retriever_url and (e.name not in retriever_envs or not e.retriever_url.startswith(("http://", "https://"))):
+        add(f"env.retriever_url={e.retriever_url!r} needs env.name={'|'.join(retriever_envs)} and an http(s):// "
             "URL, e.g. http://127.0.0.1:8000/retrieve (`sdar retriever serve`)")
     if e.invalid_penalty < 0:
         add(f"env.invalid_penalty is subtracted from rewards and must be >= 0 (got {e.invalid_penalty})")
@@ -610,11 +601,10 @@ def validate(cfg: RunConfig) -> None:
 
     if a.method in TEACHER_METHODS and t.source == "none":
         add(f"algo.method={a.method!r} distils from a privileged teacher but teacher.source is 'none'; set "
-            f"teacher.source to one of {list(SOURCES_BY_ENV.get(e.name, ('skills',)))} or use algo.method=grpo")
+            f"teacher.source to one of {list(allowed or ('skills',))} or use algo.method=grpo")
     if a.method == "skill_grpo" and t.source != "skills":
         add("algo.method='skill_grpo' puts skills in the student prompt; set teacher.source=skills")
-    allowed = SOURCES_BY_ENV.get(e.name, ())
-    if t.source != "none" and t.source not in allowed:
+    if spec is not None and t.source != "none" and t.source not in allowed:
         add(f"teacher.source={t.source!r} does not exist for env {e.name!r}; choose one of {list(allowed)}")
     if t.max_prompt_tokens < r.max_prompt_tokens:
         add(f"teacher.max_prompt_tokens ({t.max_prompt_tokens}) is smaller than rollout.max_prompt_tokens "

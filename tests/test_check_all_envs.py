@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdar.config import AVAILABLE_ENVS
+from sdar.envs.registry import ENV_NAMES as AVAILABLE_ENVS
 from sdar.envs.checker import check_env
 from sdar.envs.registry import make_env_factory, make_task_source
 

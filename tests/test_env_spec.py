@@ -104,15 +104,24 @@ def test_live_check_catches_a_parser_that_disagrees_with_the_expert() -> None:
         check_env_spec(dataclasses.replace(TOY, name="toy2"), live=True)
 
 
-def test_config_tables_mirror_the_specs() -> None:
-    """sdar.config imports nothing from the package, so it keeps its own copy of these rules."""
-    assert config.AVAILABLE_ENVS == ENV_NAMES
-    assert set(config.EnvName.__args__) == set(ENV_NAMES)  # type: ignore[attr-defined]
-    assert config.SOURCES_BY_ENV == {s.name: s.privileged_sources for s in ENV_SPECS}
-    assert set(config.COMPACT_STYLE_ENVS) == {s.name for s in ENV_SPECS if s.compact_template is not None}
-    assert set(config.RETRIEVER_ENVS) == {s.name for s in ENV_SPECS if s.uses_retriever}
-    sources = {src for s in ENV_SPECS for src in s.privileged_sources} | {"none"}
-    assert sources == set(config.PrivilegedSource.__args__)  # type: ignore[attr-defined]
+def test_config_validation_reads_the_specs(monkeypatch) -> None:
+    """The configuration keeps no copy of the per-environment facts: a spec registered in the registry alone is a
+    valid env.name, with its own privileged sources and template styles."""
+    from sdar.envs import registry
+
+    extra = dataclasses.replace(TOY, name="toy_variant", privileged_sources=("skills", "my_hint"),
+                                compact_template=None)
+    monkeypatch.setattr(registry, "_BY_NAME", {**registry._BY_NAME, "toy_variant": extra})
+    monkeypatch.setattr(registry, "ENV_NAMES", (*registry.ENV_NAMES, "toy_variant"))
+    cfg = config.load_config(overrides={"env.name": "toy_variant", "teacher.source": "my_hint"})
+    assert cfg.env.name == "toy_variant"
+    with pytest.raises(config.ConfigError, match=r"teacher.source='expert_plan' does not exist for env 'toy_variant'"):
+        config.load_config(overrides={"env.name": "toy_variant", "teacher.source": "expert_plan"})
+    with pytest.raises(config.ConfigError, match="env.prompt_style=compact exists for toy and alfworld only"):
+        config.load_config(overrides={"env.name": "toy_variant", "teacher.source": "my_hint",
+                                      "env.prompt_style": "compact"})
+    with pytest.raises(config.ConfigError, match=r"env.name='nowhere' is not available in this version"):
+        config.load_config(overrides={"env.name": "nowhere"})
 
 
 def test_thin_wrappers_read_the_specs() -> None:

@@ -47,3 +47,10 @@ def test_method_names_have_one_source():
 
     assert ConfigNames is MethodName and AlgoNames is MethodName
     assert typing.get_args(MethodName) == tuple(METHODS)
+
+
+def test_the_configs_teacher_methods_are_those_whose_loss_reads_the_teacher():
+    from sdar.algo.methods import METHODS
+    from sdar.config import TEACHER_METHODS
+
+    assert TEACHER_METHODS == tuple(name for name, spec in METHODS.items() if spec.loss.needs_teacher)

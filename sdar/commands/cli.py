@@ -167,7 +167,7 @@ def cmd_model(argv: Sequence[str]) -> int:
 
 
 def cmd_envs(argv: Sequence[str]) -> int:
-    from sdar.config import AVAILABLE_ENVS
+    from sdar.envs.registry import ENV_NAMES as AVAILABLE_ENVS
     from sdar.envs import registry
 
     if len(argv) >= 2 and argv[0] == "generate":

@@ -2,9 +2,8 @@
 
 Adding an environment is its folder (the ``TextEnv``, its task source and its ``EnvSpec``) plus one entry in
 ``ENV_SPECS``; ``make_env_factory``, ``make_task_source``, prompt rendering, action parsing, demonstrations,
-``sdar eval`` and ``sdar envs`` then find it here. ``sdar.config`` cannot import this module (the configuration
-depends on nothing in the package), so it keeps a copy of the names and per-environment rules that
-``tests/test_env_spec.py`` compares with the specs.
+``sdar eval``, ``sdar envs`` and the configuration's validation (``sdar.config.validate`` reads the names,
+privileged sources, template styles and retriever use from here) then find it.
 """
 
 from __future__ import annotations
