@@ -125,6 +125,9 @@ def cmd_methods(argv: Sequence[str]) -> int:
 
 def format_method_table(methods) -> str:
     """A plain-text table of methods: loss composition and the paper's defaults."""
+    from sdar.config import RolloutConfig
+
+    group_size = RolloutConfig().group_size  # the paper's G, one default for every method
     rows = [("method", "PG", "aux loss", "λ", "gate", "β", "KL", "entropy", "clip", "dual", "lr", "G", "skills in")]
     for m in methods:
         s = m.loss
@@ -134,7 +137,7 @@ def format_method_table(methods) -> str:
         rows.append((m.name, f"{s.pg_coef:g}", aux, f"{lam:g}", s.gate if s.aux == "sdar" else "-",
                      f"{s.gate_beta:g}" if s.aux == "sdar" else "-", f"{s.kl_coef:g}", f"{s.entropy_coef:g}",
                      f"{s.clip_low:g}/{s.clip_high:g}", f"{s.dual_clip:g}" if s.dual_clip else "-", f"{m.lr:g}",
-                     str(m.group_size), where))
+                     str(group_size), where))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
