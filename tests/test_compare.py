@@ -198,6 +198,17 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch):
     assert (out / "table.md").read_text() == first
     changed = argv[:-2] + ["--log.sample_every", "0", "--optim.lr", "0.5"]
     assert main(changed) == 2  # a finished run trained with other settings is not silently reused
+    assert compare._extends({"total_steps": 8, "optim": {"warmup_ratio": 0.0}}, {"total_steps": 16, "optim": {}})
+    assert not compare._extends({"total_steps": 8}, {"total_steps": 4})  # fewer steps: not the same run
+    assert not compare._extends({"total_steps": 8, "optim": {"warmup_ratio": 0.1}},  # the warm-up grows with it
+                                {"total_steps": 16, "optim": {"warmup_ratio": 0.1}})
+    longer = argv[:-2] + ["--total_steps", "3"]  # more steps: the finished runs are resumed, not refused
+    seen = []
+    monkeypatch.setattr(sdar.commands.train, "train", lambda cfg: seen.append(cfg))
+    with pytest.raises(RuntimeError, match="without a final checkpoint"):
+        main(longer)
+    assert seen and seen[0].resume and seen[0].total_steps == 3
+    monkeypatch.setattr(sdar.commands.train, "train", forbidden)
     saved = out / "grpo" / "seed0" / "config.yaml"  # a run written before a setting existed had its default
     saved.write_text(saved.read_text().replace("  strategy: auto\n", ""))
     assert "strategy" not in saved.read_text()

@@ -192,10 +192,24 @@ def _check_same_config(cfg: RunConfig) -> None:
     for key in NOT_TRAINING_KEYS:
         old.pop(key, None)
         new.pop(key, None)
+    if _extends(old, new):  # a longer run whose first steps are the finished run's: resume it
+        old.pop("total_steps")
+        new.pop("total_steps")
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(f"{path} was trained with different settings (differences under: {', '.join(diff)}); "
                           "use another --out folder or delete that run folder")
+
+
+def _extends(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` only adds steps to ``old``: more ``total_steps``, and nothing that the step count shapes (the
+    RL lr is constant after a warm-up of ``optim.warmup_ratio × total_steps`` steps, so only a zero warm-up keeps
+    the first steps the same)."""
+    steps_old, steps_new = old.get("total_steps"), new.get("total_steps")
+    if not isinstance(steps_old, int) or not isinstance(steps_new, int) or steps_new < steps_old:
+        return False
+    warmups = [(d.get("optim") or {}).get("warmup_ratio", 0.0) for d in (old, new)]
+    return warmups == [0.0, 0.0] or warmups == [0, 0]
 
 
 def ensure_trained(plan: RunPlan) -> RunState:
