@@ -72,6 +72,8 @@ class WeightSync:
     learner: Learner
     shared: bool
     """The generator samples with the learner's own policy module."""
+    dtype: torch.dtype | None = None
+    """The generator's weight dtype (a vLLM engine's): weights are cast to it before they are gathered and sent."""
 
     def release(self) -> None:
         """Let the generator free its accelerator memory for the update (vLLM sleep mode); it wakes on its next
@@ -80,9 +82,10 @@ class WeightSync:
             self.generator.sleep()
 
     def refresh(self) -> None:
-        """Copy the learner's current policy weights into the generator (collective under FSDP)."""
+        """Copy the learner's current policy weights into the generator (collective under FSDP), one tensor at a
+        time: the learner gathers each in the generator's dtype and the generator loads it before the next."""
         if not self.shared:
-            self.generator.load_weights(self.learner.export_weights())
+            self.generator.load_weights(self.learner.export_weights(self.dtype))
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ def build_envs(name: str, *, max_turns: int, win_reward: float | None, data_dir:
 def build(cfg: RunConfig) -> Parts:
     """Load the model, tokenizer and everything else named by ``cfg``."""
     from sdar.learner.lora import AdapterOffReference, apply_lora, inner_model
-    from sdar.models import load_model, load_tokenizer
+    from sdar.models import load_model, load_tokenizer, resolve_dtype
     from sdar.rollout.backends import build_generator
 
     torch.manual_seed(cfg.seed)
@@ -230,6 +233,7 @@ def build(cfg: RunConfig) -> Parts:
         model_dtype=cfg.model.dtype, seed=cfg.seed,
         max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)
     shared = cfg.rollout.backend == "hf" and rollout_copy is None  # an HFGenerator over the training model itself
+    engine_dtype = resolve_dtype(cfg.model.dtype) if cfg.rollout.backend == "vllm" else None
     correction = resolve_correction(cfg.algo.mismatch_correction, generator_is_policy=shared)
     gaps = rollout_logprob_gaps(cfg, generator_is_policy=shared, autocast=autocast is not None)
     old_mode = resolve_old_logprobs(cfg.algo.old_logprobs, correction=correction, inexact=gaps)
@@ -274,6 +278,6 @@ def build(cfg: RunConfig) -> Parts:
         seed=cfg.seed, invalid_penalty=cfg.env.invalid_penalty, progress=cfg.log.progress)
     log.info("method %s: %s", method.name, spec)
     return Parts(cfg=cfg, loss=spec, learner=learner, generator=generator,
-                 weights=WeightSync(generator, learner, shared), make_env=make_env, retriever=retriever,
+                 weights=WeightSync(generator, learner, shared, engine_dtype), make_env=make_env, retriever=retriever,
                  collector=collector, teacher=teacher, old_logprobs=old, tokenizer=tokenizer, sinks=sinks,
                  deltas=deltas, dp=dp, ckpt_dir=out / "checkpoints", pool=pool)

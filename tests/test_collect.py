@@ -259,6 +259,8 @@ def test_sampling_seed_is_derived_per_turn(tok) -> None:
     collect_episodes(requests([PLACE, GO_TO]), ToyTextEnv, gen, tok, settings(max_turns=3, sampling=sampling))
     seeds = [params.seed for _, params in gen.calls]
     assert seeds == [turn_seed(123, t) for t in range(3)] and len(set(seeds)) == 3
+    keys = [params.row_keys for _, params in gen.calls]  # the active episodes' ids, in row order
+    assert keys[0] == (0, 1) and all(k is not None and set(k) <= {0, 1} for k in keys)
     assert all(p.temperature == 0.7 and p.max_new_tokens == 64 for _, p in gen.calls)
     assert turn_seed(123, 0) == turn_seed(123, 0) != turn_seed(124, 0)
     gen2 = ScriptedGenerator(tok, lambda call, row, prompt: respond("look"))

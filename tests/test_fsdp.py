@@ -133,6 +133,21 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
     want_moved = torch.cat([(ref_after[k] - start[k]).flatten() for k in start])
     res["mixed_update_rel_diff"] = float((moved - want_moved).norm() / want_moved.norm())
     res["mixed_master_is_fp32"] = float(all(v.dtype == torch.float32 for v in after.values()))
+    # the weight push to a generator with its own copy: one tensor gathered at a time, in the engine's dtype
+    import types
+
+    stream = mixed.export_weights(torch.bfloat16)
+    # (flags count failures: the fixture keeps the max over ranks, so a failure on either rank shows)
+    res["export_not_lazy"] = float(not isinstance(stream, types.GeneratorType))
+    first_name, first = next(stream)
+    res["export_first_not_one_full_tensor"] = float(first_name != next(iter(after))
+                                                    or first.shape != after[first_name].shape)
+    pushed = {first_name: first, **dict(stream)}
+    res["export_bf16_names_differ"] = float(list(pushed) != list(after))
+    res["export_bf16_wrong_dtype"] = float(any(v.dtype != torch.bfloat16 for v in pushed.values()
+                                               if v.is_floating_point()))
+    res["export_bf16_diff"] = max(float((pushed[k].float() - after[k].to(torch.bfloat16).float()).abs().max())
+                                  for k in after)
 
     # (c): one train_step (clipping active) on the split batch == one train_step on the whole batch
     spec = resolve_loss("sdar", entropy_coef=0.01)
@@ -308,6 +323,11 @@ def test_checkpointing_deferred_sync_and_bf16_compute(res):
     assert 0.0 < res["bf16_logprob_diff"] < 0.05  # bf16 rounding shows, but only just
     assert res["bf16_master_is_fp32"] == 1.0
     assert res["mixed_master_is_fp32"] == 1.0
+    # export for a generator's own copy: a lazy stream (one gathered tensor at a time), names as the state dict,
+    # in bf16 when asked, equal to the consolidated fp32 weights cast to bf16
+    assert res["export_not_lazy"] == 0.0 and res["export_first_not_one_full_tensor"] == 0.0
+    assert res["export_bf16_names_differ"] == 0.0 and res["export_bf16_wrong_dtype"] == 0.0
+    assert res["export_bf16_diff"] == 0.0
     assert res["mixed_loss_diff"] < 1e-3  # relative; measured about 2e-5
     # AdamW's first step is about lr * sign(grad): bf16 rounding flips the sign of some near-zero gradients
     assert res["mixed_update_rel_diff"] < 0.25  # measured about 0.07

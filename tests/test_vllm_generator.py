@@ -22,7 +22,6 @@ from sdar.rollout.generator import Sample, SamplingParams
 from sdar.rollout.backends import build_generator
 from sdar.rollout.hf import HFGenerator, truncated_logits
 from sdar.rollout.vllm_engine import (
-    INSTALL_HINT,
     VLLMGenerator,
     VLLMNotInstalledError,
     import_vllm,
@@ -184,6 +183,19 @@ def test_generate_sends_token_prompts_with_a_seed_per_row(fake_vllm):
         gen.generate([[1], []], SamplingParams())
 
 
+def test_row_keys_seed_each_row_by_its_key_not_its_position(fake_vllm):
+    llm = FakeLLM()
+    gen = VLLMGenerator(llm)
+    gen.generate([[1], [2], [3]], SamplingParams(seed=5, row_keys=(10, 11, 12)))  # one process, all episodes
+    gen.generate([[3]], SamplingParams(seed=5, row_keys=(12,)))  # the same episode alone (another rank's call)
+    assert [p["seed"] for p in llm.calls[0][2]] == [row_seed(5, 10), row_seed(5, 11), row_seed(5, 12)]
+    assert llm.calls[1][2][0]["seed"] == row_seed(5, 12)
+    assert vllm_engine.row_seeds(SamplingParams(seed=5), 2) == [row_seed(5, 0), row_seed(5, 1)]
+    assert vllm_engine.row_seeds(SamplingParams(row_keys=(1, 2)), 2) == [None, None]
+    with pytest.raises(ValueError, match="2 keys for 3 prompts"):
+        vllm_engine.row_seeds(SamplingParams(seed=1, row_keys=(1, 2)), 3)
+
+
 def test_engine_with_raw_logprobs_is_refused():
     with pytest.raises(ValueError, match="processed_logprobs"):
         VLLMGenerator(FakeLLM(logprobs_mode="raw_logprobs"))
@@ -198,6 +210,29 @@ def test_load_weights_reloads_checkpoint_names_in_place_then_clears_the_prefix_c
     assert llm.calls[1][1] is vllm_engine.retie_output_head
     assert llm.calls[0][1:] == ("reload_weights", {"weights_iterator": ["model.a.weight", "lm_head.weight"],
                                                    "is_checkpoint_format": True})
+
+
+def test_load_weights_hands_the_engine_a_lazy_stream():
+    # the engine's loader pulls one tensor at a time: nothing is read before it asks (a sharded learner gathers
+    # each tensor only then), and each arrives detached
+    pulled: list[str] = []
+    seen: list[tuple[str, bool, list[str]]] = []
+
+    def source():
+        for name in ("a", "b", "c"):
+            pulled.append(name)
+            yield name, torch.ones(1, requires_grad=True)
+
+    class Loader(FakeLLM):
+        def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+            stream = kwargs["weights_iterator"]
+            assert pulled == [] and not isinstance(stream, (list, tuple))
+            for name, tensor in stream:
+                seen.append((name, tensor.requires_grad, list(pulled)))
+            return [None]
+
+    VLLMGenerator(Loader()).load_weights(source())
+    assert seen == [("a", False, ["a"]), ("b", False, ["a", "b"]), ("c", False, ["a", "b", "c"])]
 
 
 def test_retie_output_head_points_a_tied_head_at_the_embedding_and_reprocesses_it():

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from sdar.batch import TokenBatch
@@ -110,6 +111,7 @@ class Learner(Protocol):
         """Restore what :meth:`state_dict` returned."""
         ...
 
-    def export_weights(self) -> Iterable[tuple[str, Tensor]]:
-        """Current policy weights by name, for a generator that keeps its own copy (e.g. vLLM)."""
+    def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
+        """Current policy weights by name, one full tensor at a time (cast to ``dtype`` when given), for a generator
+        that keeps its own copy (e.g. vLLM). Collective when sharded: every rank iterates to the end."""
         ...

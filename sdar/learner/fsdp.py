@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -227,10 +227,18 @@ class FSDP2Sharding:
         """This rank's state from one state per rank (rank 0's when the world size changed)."""
         generator.set_state(saved[self._rank] if len(saved) == self._world_size else saved[0])
 
-    def export_weights(self, model: nn.Module) -> list[tuple[str, Tensor]]:
-        """Full policy weights on EVERY rank, on the training device, by state-dict name (collective)."""
-        options = StateDictOptions(full_state_dict=True)
-        return list(get_model_state_dict(model, options=options).items())
+    def export_weights(self, model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
+        """Full policy weights on EVERY rank, on the training device, by state-dict name, gathered ONE tensor at a
+        time (collective: every rank must iterate to the end, in the same order).
+
+        Each sharded entry is cast to ``dtype`` on its shard first and then all-gathered, so the gather moves the
+        engine's dtype (bf16: half of fp32) and no rank ever holds more than the tensor being handed over beside its
+        own shards — never a second full copy of the model (a full fp32 state dict is 4 bytes a parameter on every
+        rank, 12 GB for a 3B model)."""
+        for name, value in model.state_dict().items():
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            yield name, (value.full_tensor() if isinstance(value, DTensor) else value).detach()
 
     def save_sharded(
         self, path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -35,7 +35,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -670,14 +670,15 @@ class PolicyLearner:
         self._set_counters(rest)
         self.sharding.set_rng_state(self._shuffle, rest["shuffle_rng"])
 
-    def export_weights(self) -> Iterable[tuple[str, Tensor]]:
+    def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
         """``(name, tensor)`` for every entry of the policy's state dict, detached, on the training device, on every
-        rank (collective when distributed).
+        rank, one full tensor at a time and cast to ``dtype`` when given (collective when distributed: iterate to
+        the end on every rank).
 
         A LoRA policy exports the base model's names with the adapters merged in, which is what a generator holding
         a plain copy of the model needs (see :func:`sdar.learner.lora.merged_state_dict`).
         """
-        return self.sharding.export_weights(self.model)
+        return self.sharding.export_weights(self.model, dtype)
 
     def save_sharded(self, path: str | os.PathLike[str]) -> Path:
         """Write a sharded checkpoint folder (collective; see :meth:`sdar.learner.fsdp.FSDP2Sharding.save_sharded`).

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -127,8 +127,9 @@ class ShardingStrategy(Protocol):
         """Rank 0's ``obj`` on every rank."""
         ...
 
-    def export_weights(self, model: nn.Module) -> list[tuple[str, Tensor]]:
-        """The full policy weights by state-dict name, on every rank, for a generator with its own copy."""
+    def export_weights(self, model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
+        """The full policy weights by state-dict name, on every rank, one tensor at a time (in ``dtype`` when
+        given), for a generator with its own copy."""
         ...
 
     def save_sharded(
@@ -227,12 +228,14 @@ class NoSharding:
     def broadcast_object(self, obj: T) -> T:
         return obj
 
-    def export_weights(self, model: nn.Module) -> list[tuple[str, Tensor]]:
-        """The policy's state dict; a LoRA policy exports the base names with the adapters merged in (what a plain
-        copy of the model needs, see :func:`sdar.learner.lora.merged_state_dict`)."""
+    def export_weights(self, model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
+        """The policy's state dict, one tensor at a time (cast to ``dtype`` when given); a LoRA policy exports the
+        base names with the adapters merged in (what a plain copy of the model needs, see
+        :func:`sdar.learner.lora.merged_state_dict`)."""
         from sdar.learner.lora import merged_state_dict
 
-        return list(merged_state_dict(model).items())
+        for name, value in merged_state_dict(model).items():
+            yield name, (value if dtype is None or not value.is_floating_point() else value.to(dtype))
 
     def save_sharded(
         self, path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -26,8 +26,10 @@ Decisions:
   request's mappings: ``privileged_at_reset(info)`` (context that needs what the environment reports at reset,
   such as skills retrieved by the goal), then ``privileged`` (request wins on a key clash); ``Turn.privileged`` is
   the env's privileged info in the state the turn acted in (a plan re-made from that state).
-* With ``settings.sampling.seed`` set, turn ``t`` samples with a seed derived from ``(seed, t)``; the caller
-  varies ``sampling.seed`` between calls to get fresh samples.
+* With ``settings.sampling.seed`` set, turn ``t`` samples with a seed derived from ``(seed, t)`` and the episode
+  ids as ``row_keys`` (when they are distinct), so a backend that seeds rows one by one (vLLM) gives each episode the
+  same sample however the episodes are split over ranks; the caller varies ``sampling.seed`` between calls to get
+  fresh samples.
 """
 
 from __future__ import annotations
@@ -352,8 +354,10 @@ def collect_episodes(
                 break
             prepared = [_prepare(ep, turn, tokenizer, settings) for ep in active]
             params = settings.sampling
-            if params.seed is not None:
-                params = dataclasses.replace(params, seed=turn_seed(params.seed, turn))
+            if params.seed is not None:  # rows keyed by episode: the same sample on any rank, in any batch
+                keys = tuple(ep.request.episode_id for ep in active)
+                params = dataclasses.replace(params, seed=turn_seed(params.seed, turn),
+                                             row_keys=keys if len(set(keys)) == len(keys) else None)
             samples = generator.generate([ids for ids, _ in prepared], params)
             if len(samples) != len(active):
                 raise RuntimeError(f"the generator returned {len(samples)} samples for {len(active)} prompts")

@@ -24,6 +24,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     """Generation of a row stops after a token whose decoded text completes one of these strings."""
     seed: int | None = None
+    row_keys: tuple[int, ...] | None = None
+    """Optional per-row identities (the collector passes episode ids): a backend that seeds every row on its own
+    (vLLM) derives row i's seed from ``(seed, row_keys[i])`` instead of its position in the call, so a row samples
+    the same tokens whatever else is in the call — across data-parallel ranks, or as episodes finish. A backend that
+    samples a whole batch from one random stream (the Hugging Face loop) cannot, and ignores it."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -9,8 +9,10 @@ and how it is wired up:
   top-p masking, i.e. the log-prob under the distribution actually sampled from, as ``Sample.logprobs`` requires.
   Greedy requests (temperature 0) report the temperature-1 log-softmax. The default mode (``raw_logprobs``) would
   report the untempered, untruncated softmax instead.
-* Each row of a call gets its own seed derived from ``SamplingParams.seed`` and the row index, so identical prompts
-  in a GRPO group still get different samples and results do not depend on how vLLM batches the rows.
+* Each row of a call gets its own seed derived from ``SamplingParams.seed`` and the row's key (the collector passes
+  episode ids as ``SamplingParams.row_keys``; without keys, the row index), so identical prompts in a GRPO group
+  still get different samples, and a row's sample depends neither on how vLLM batches the rows nor on which other
+  rows share the call (other ranks' episodes, episodes that already finished).
 * ``load_weights`` receives the full set of Hugging Face-named weights (what ``Learner.export_weights`` yields)
   and reloads them in place through the worker's ``reload_weights`` (the model's own loader fuses q/k/v and
   gate/up projections, then each layer's post-load processing is redone), re-ties a tied output head, and clears
@@ -74,6 +76,18 @@ def row_seed(seed: int, row: int) -> int:
     """A 63-bit per-row sampling seed derived from a call's seed and the row index (rows uncorrelated)."""
     digest = hashlib.sha256(f"vllm-row:{seed}:{row}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def row_seeds(params: SamplingParams, rows: int) -> list[int | None]:
+    """The sampling seed of each of ``rows`` rows: derived from the call's seed and the row's key
+    (``params.row_keys``, e.g. its episode id) or, without keys, its position; None for every row of an unseeded
+    call."""
+    if params.seed is None:
+        return [None] * rows
+    keys = params.row_keys if params.row_keys is not None else tuple(range(rows))
+    if len(keys) != rows:
+        raise ValueError(f"SamplingParams.row_keys has {len(keys)} keys for {rows} prompts")
+    return [row_seed(params.seed, key) for key in keys]
 
 
 def vllm_sampling_kwargs(params: SamplingParams, *, seed: int | None) -> dict[str, Any]:
@@ -280,11 +294,8 @@ class VLLMGenerator:
         from vllm.inputs import TokensPrompt
 
         requests = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
-        per_row = [
-            vllm.SamplingParams(**vllm_sampling_kwargs(
-                params, seed=None if params.seed is None else row_seed(params.seed, i)))
-            for i in range(len(prompts))
-        ]
+        per_row = [vllm.SamplingParams(**vllm_sampling_kwargs(params, seed=seed))
+                   for seed in row_seeds(params, len(prompts))]
         outputs = self.llm.generate(requests, per_row, use_tqdm=False)
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
@@ -294,6 +305,10 @@ class VLLMGenerator:
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Copy a full set of updated weights (Hugging Face names, any dtype/device) into the engine.
 
+        ``named_tensors`` is read lazily, one tensor at a time, as the engine's loader asks for it (the engine runs in
+        this process, so the iterator is handed over by reference): with :meth:`sdar.learner.base.Learner.export_weights`
+        each tensor is gathered from the shards only when the engine takes it, and no second full copy is built.
+
         Uses the worker's in-place ``reload_weights``: the model's own loader takes the checkpoint names (fusing
         q/k/v and gate/up), then each layer's post-load processing (e.g. CPU weight packing) is redone. Tensors the
         vLLM model does not use (``lm_head.weight`` of a model with tied embeddings) are skipped by that loader;
@@ -301,13 +316,20 @@ class VLLMGenerator:
         with the old weights). Afterwards the prefix cache is cleared: its KV blocks were computed with the old
         weights.
         """
-        weights = [(name, t.detach()) for name, t in named_tensors]
+        count = 0
+
+        def stream() -> Iterator[tuple[str, Tensor]]:  # lazily: the learner gathers each tensor as it is asked
+            nonlocal count
+            for name, tensor in named_tensors:
+                count += 1
+                yield name, tensor.detach()
+
         if self._asleep:
             self.wake_up()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(), "is_checkpoint_format": True})
         self.llm.apply_model(retie_output_head)
         self.llm.reset_prefix_cache()
-        logger.debug("load_weights: %d tensors copied into the vLLM engine", len(weights))
+        logger.debug("load_weights: %d tensors copied into the vLLM engine", count)
 
     def sleep(self, level: int = 1) -> None:
         """Free the engine's GPU memory (level 1: weights to CPU, KV cache dropped); else a logged no-op."""
