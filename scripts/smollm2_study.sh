@@ -12,8 +12,9 @@ OUT=${OUT:-runs/smollm2_study}
 PRESET=${PRESET:-configs/testbed/smollm2_rl.yaml}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT"
-part() {  # part METHOD SEED
-  $SDAR compare --config "$PRESET" --methods "$1" --seeds "$2" --out "$OUT" >> "$OUT.log" 2>&1
+part() {  # part METHOD SEED; /usr/bin/time records each part's peak resident memory in the log
+  local timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "part $1 seed $2: peak RSS %M KiB, %e s")
+  "${timer[@]}" $SDAR compare --config "$PRESET" --methods "$1" --seeds "$2" --out "$OUT" >> "$OUT.log" 2>&1
 }
 start=$(date +%s)
 SDAR_SEEDS=${SDAR_SEEDS:-0}
