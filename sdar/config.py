@@ -579,9 +579,6 @@ def validate(cfg: RunConfig) -> None:
         add(f"env.invalid_penalty is subtracted from rewards and must be >= 0 (got {e.invalid_penalty})")
     if e.win_reward is not None and e.win_reward <= 0:
         add(f"env.win_reward must be > 0 (got {e.win_reward}); leave it unset for the environment's default")
-    if r.backend == "vllm" and cfg.optim.strategy == "fsdp":
-        add("rollout.backend=vllm runs one in-process engine and cannot be used with optim.strategy=fsdp (torchrun); "
-            "use rollout.backend=hf with torchrun, or one process with optim.strategy=local")
     if r.tasks_per_step < 1:
         add(f"rollout.tasks_per_step must be >= 1 (got {r.tasks_per_step})")
     if r.group_size < 2 and a.method != "opsd":

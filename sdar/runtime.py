@@ -206,8 +206,10 @@ def build(cfg: RunConfig) -> Parts:
     elif spec.needs_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     autocast = plan.autocast_dtype
-    # FSDP shards the policy in place: the generator samples with its own full copy, refreshed after every update
-    rollout_copy = copy.deepcopy(model).eval().requires_grad_(False) if strategy == "fsdp" else None
+    # FSDP shards the policy in place: the HF generator samples with its own full copy, refreshed after every update
+    # (a vLLM engine holds its own weights anyway, one engine per rank)
+    hf = cfg.rollout.backend == "hf"
+    rollout_copy = copy.deepcopy(model).eval().requires_grad_(False) if strategy == "fsdp" and hf else None
     learner_kwargs: dict[str, Any] = dict(
         reference_model=reference, lr=lr, weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip,
         warmup_steps=round(cfg.optim.warmup_ratio * cfg.total_steps), ppo_epochs=cfg.optim.ppo_epochs,
@@ -232,7 +234,7 @@ def build(cfg: RunConfig) -> Parts:
         batch_size=cfg.rollout.batch_size, autocast_dtype=autocast, model_name=cfg.model.name,
         model_dtype=cfg.model.dtype, seed=cfg.seed,
         max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)
-    shared = cfg.rollout.backend == "hf" and rollout_copy is None  # an HFGenerator over the training model itself
+    shared = hf and rollout_copy is None  # an HFGenerator over the training model itself
     engine_dtype = resolve_dtype(cfg.model.dtype) if cfg.rollout.backend == "vllm" else None
     correction = resolve_correction(cfg.algo.mismatch_correction, generator_is_policy=shared)
     gaps = rollout_logprob_gaps(cfg, generator_is_policy=shared, autocast=autocast is not None)
@@ -275,7 +277,7 @@ def build(cfg: RunConfig) -> Parts:
                                                             temperature=cfg.eval_temperature,
                                                             seed=mix_seed(cfg.seed, 0, 2)),
                                         "skills" if cfg.eval_with_skills else None),
-        seed=cfg.seed, invalid_penalty=cfg.env.invalid_penalty, progress=cfg.log.progress)
+        seed=cfg.seed, invalid_penalty=cfg.env.invalid_penalty, progress=cfg.log.progress, rank_seeds=hf)
     log.info("method %s: %s", method.name, spec)
     return Parts(cfg=cfg, loss=spec, learner=learner, generator=generator,
                  weights=WeightSync(generator, learner, shared, engine_dtype), make_env=make_env, retriever=retriever,

@@ -36,6 +36,12 @@ SKIP_REASON = ("vllm is not installed here: run scripts/make_vllm_cpu_venv.sh an
                ".venv-vllm/bin/python -m pytest tests/test_vllm_generator.py")
 
 
+def test_one_process_engine_gets_no_launcher_arguments():
+    # under torchrun (tests/test_vllm_torchrun.py) the engine joins the job as an external-launcher replica
+    assert not torch.distributed.is_initialized()
+    assert vllm_engine.torchrun_engine_kwargs() == {}
+
+
 # ------------------------------------------------------------------------------------------- fakes (no vLLM needed)
 @dataclasses.dataclass
 class FakeLogprob:

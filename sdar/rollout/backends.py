@@ -20,11 +20,11 @@ def build_generator(backend: str, policy: Any, tokenizer: Any, *, batch_size: in
     ``torch.autocast(autocast_dtype)`` when given (the learner's autocast, so sampling and scoring compute alike).
     ``vllm``: a ``VLLMGenerator`` started on the model folder ``model_name`` in ``model_dtype`` with engine length
     ``max_model_len``; it holds its own weights (so the mismatch correction applies) and is refreshed through
-    ``load_weights`` after every update.
+    ``load_weights`` after every update. Under torchrun every rank starts its own engine (whole model per rank).
 
     Raises:
         VLLMNotInstalledError: ``vllm`` requested but not installed.
-        ValueError: ``vllm`` requested inside a multi-process (torchrun) job, or an unknown backend.
+        ValueError: an unknown backend.
     """
     if backend == "hf":
         from sdar.rollout.hf import HFGenerator

@@ -2,7 +2,7 @@
 and reduce the rollout metrics over ranks.
 
 The training loop sees trajectories and metrics only; data parallelism (which groups this rank runs, the rank mixed
-into the sampling seed, errors raised on every rank) and the bandit's updates stay here.
+into the sampling seed where the generator needs it, errors raised on every rank) and the bandit's updates stay here.
 """
 
 from __future__ import annotations
@@ -51,14 +51,19 @@ class Collector:
     invalid_penalty: float
     progress: bool = True
     """Progress lines inside rollouts (rank 0)."""
+    rank_seeds: bool = True
+    """Mix the rank into the sampling seed, so that ranks draw independent random streams (a generator that samples
+    a whole batch from one stream: the HF loop). False for a generator that seeds each row from its episode id
+    (vLLM): episode ids differ across ranks already, and a world of N then samples exactly the episodes of one
+    process."""
 
     def _run(self, plan: EpisodePlan, settings: CollectSettings, label: str, *, panel: bool) -> list[Trajectory]:
         with self.dp.together():  # an error on one rank is raised on every rank
             mine = self.dp.shard_panel(plan.requests) if panel else \
                 self.dp.shard_requests(plan.requests, self.planner.group_size)  # whole groups per rank
             progress = RolloutProgress(label) if self.progress and self.dp.is_main else None
-            return collect_episodes(mine, self.make_env, self.generator, self.tokenizer, self.dp.settings(settings),
-                                    progress=progress)
+            return collect_episodes(mine, self.make_env, self.generator, self.tokenizer,
+                                    self.dp.settings(settings) if self.rank_seeds else settings, progress=progress)
 
     def train(self, step: int) -> Rollout:
         """The episodes of training step ``step``; a learning retriever is told which of its choices won."""

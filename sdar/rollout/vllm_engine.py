@@ -368,24 +368,47 @@ def _engine_source(model_name: str, dtype: str) -> tuple[str, tempfile.Temporary
     return tmp.name, tmp
 
 
+def torchrun_engine_kwargs() -> dict[str, Any]:
+    """Engine arguments that make an in-process engine one rank of a torchrun job: vLLM's ``external_launcher``
+    executor joins the job's existing process group instead of starting workers, and with tensor- and
+    pipeline-parallel size 1 every rank is its own data-parallel replica ("external DP"): it holds the whole model and
+    generates for its own prompts, with no collective inside ``generate``, so ranks may call it different numbers of
+    times (their episodes end at different turns). Empty outside a multi-process job.
+
+    The executor reads the launcher's ``RANK`` and ``LOCAL_RANK`` (the device index); they are filled in from the
+    process group where a launcher other than torchrun left them unset (one process per device assumed).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return {}
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return {}
+    rank = torch.distributed.get_rank()
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1,
+            "pipeline_parallel_size": 1}
+
+
 def vllm_generator_for(model_name: str, *, dtype: str = "auto", seed: int = 0,
                        max_model_len: int = 4096) -> VLLMGenerator:
     """A ``VLLMGenerator`` started on the model ``model_name`` (an alias or a folder) in ``dtype``, with engine length
     ``max_model_len`` (the run's ``rollout.max_prompt_tokens + rollout.max_new_tokens``); see
     ``sdar.rollout.backends.build_generator``.
 
+    Under torchrun every rank starts its own colocated engine on its own device (:func:`torchrun_engine_kwargs`):
+    one whole copy of the model per rank, no tensor parallelism inside the engine. All ranks start their engines
+    together (the start-up agrees on the KV-cache size over the process group).
+
     Raises:
         VLLMNotInstalledError: vLLM cannot be imported.
-        ValueError: inside a multi-process (torchrun) job.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        raise ValueError("rollout.backend=vllm runs one in-process engine per run and does not support torchrun "
-                         "jobs; use rollout.backend=hf with several processes")
     import_vllm()
     from sdar.models import resolve_dtype
 
     path, tmp = _engine_source(model_name, dtype)
-    generator = VLLMGenerator.from_model_dir(path, dtype=resolve_dtype(dtype), seed=seed, max_model_len=max_model_len)
+    generator = VLLMGenerator.from_model_dir(path, dtype=resolve_dtype(dtype), seed=seed, max_model_len=max_model_len,
+                                             **torchrun_engine_kwargs())
     if tmp is not None:
         generator.keep_alive.append(tmp)
     return generator
