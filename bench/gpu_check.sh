@@ -3,7 +3,8 @@
 #   1. mixed precision: 10 AdamW steps at lr 1e-6 move >= 99% of the weights (fp32 masters, bf16 compute)
 #   2. sampler-vs-learner log-prob difference per token in fp32 and bf16 (what algo.old_logprobs=auto decides on)
 #   3. update MFU of a Qwen2.5-1.5B-shaped model (sdar's packed learner path vs a plain HF forward/backward)
-#   4. rollout tokens/s at batch 256: model.generate vs sdar's HFGenerator (and vLLM when it is installed)
+#   4. rollout tokens/s at batch 256: model.generate vs sdar's HFGenerator (and vLLM when it is installed, with the
+#      time of one weight push of the 1.5B model into the engine: goal <= 2 s)
 #     bash bench/gpu_check.sh          # on the GPU machine
 #     bash bench/gpu_check.sh --cpu    # every path with tiny shapes on the CPU (CI runs this)
 # Record the printed numbers, with the card, in docs/benchmarks.md.

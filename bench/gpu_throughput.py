@@ -24,7 +24,8 @@ The model is built from a hand-written Qwen2 config (hidden 1536, 28 layers, 12 
 (c) rollout tokens/s, batch ``--gen-batch`` (256), prompt ``--gen-prompt`` (512), ``--gen-new`` (128) new tokens,
     sampling at temperature 1 with no truncation: ``model.generate`` (min_new_tokens = max_new_tokens), sdar's
     ``HFGenerator`` (its own KV-cache loop that also returns the sampled tokens' log-probs), and vLLM when it can be
-    imported (the random weights saved to a temporary folder first; ``ignore_eos``).
+    imported (the random weights saved to a temporary folder first; ``ignore_eos``); then the time of one weight push
+    of the model (kept on the GPU) into that engine, as training does it after every update (goal <= 2 s).
 """
 
 from __future__ import annotations
@@ -201,25 +202,32 @@ def rollout_benchmarks(model: Any, args: argparse.Namespace, timer: Timer, out: 
         out(f"rollout vllm        : skipped ({why})\n")
         return
     try:
-        rate, med, tokens = vllm_rate(model, prompt_rows, args)
+        rate, med, tokens, pushes = vllm_rate(model, prompt_rows, args)
     except Exception as exc:  # noqa: BLE001 - report and keep the numbers already measured
         out(f"rollout vllm        : failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})\n")
         return
     out(f"rollout vllm        : {rate:10.0f} tokens/s  ({tokens} tokens in {med:.2f}s); vllm / generate "
         f"{rate / rates['generate']:.2f}x, vllm / hf_generator {rate / rates['hf_generator']:.2f}x\n")
+    out(f"vllm weight push    : median {statistics.median(pushes):.2f}s (min {min(pushes):.2f}, max {max(pushes):.2f}) "
+        f"for {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in bf16 (goal <= 2 s)\n")
 
 
-def vllm_rate(model: Any, prompt_rows: list[tuple[int, ...]], args: argparse.Namespace) -> tuple[float, float, int]:
-    """Save the model, start vLLM on it (no tokenizer), time ``--repeats`` generate calls; (tokens/s, s, tokens)."""
+def vllm_rate(model: Any, prompt_rows: list[tuple[int, ...]], args: argparse.Namespace
+              ) -> tuple[float, float, int, list[float]]:
+    """Save the model, start vLLM on it (no tokenizer), time ``--repeats`` generate calls, then ``--repeats`` weight
+    pushes of the (GPU-resident) model into the engine as training does (``VLLMGenerator.load_weights``: in place,
+    one tensor at a time); (tokens/s, s, tokens, push seconds)."""
     from vllm import LLM, SamplingParams
+
+    from sdar.rollout.vllm_engine import VLLMGenerator
 
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
-        model.to("cpu")
         gc.collect()
         torch.cuda.empty_cache()
-        llm = LLM(model=folder, skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=0.6,
-                  max_model_len=args.gen_prompt + args.gen_new + 16, seed=args.seed)
+        llm = LLM(model=folder, skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=0.5,
+                  max_model_len=args.gen_prompt + args.gen_new + 16, seed=args.seed,
+                  logprobs_mode="processed_logprobs")
         params = SamplingParams(max_tokens=args.gen_new, temperature=1.0, ignore_eos=True, detokenize=False)
         requests = [{"prompt_token_ids": list(r)} for r in prompt_rows]
         llm.generate(requests[:8], params, use_tqdm=False)  # warm-up
@@ -229,8 +237,15 @@ def vllm_rate(model: Any, prompt_rows: list[tuple[int, ...]], args: argparse.Nam
             outs = llm.generate(requests, params, use_tqdm=False)
             times.append(time.perf_counter() - t)
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+        engine, pushes = VLLMGenerator(llm), []
+        for _ in range(args.repeats):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            engine.load_weights((k, v.detach().to(torch.bfloat16)) for k, v in model.state_dict().items())
+            torch.cuda.synchronize()
+            pushes.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return tokens / med, med, tokens
+    return tokens / med, med, tokens, pushes
 
 
 def main(argv: list[str] | None = None) -> int:
