@@ -477,3 +477,15 @@ def test_sleep_and_wake_are_noops_on_cpu(engine, tok):
     assert not engine.sleep_enabled and not engine.asleep
     engine.wake_up()
     assert engine.generate(prompts, greedy) == before
+
+
+def test_a_seeded_call_larger_than_the_batch_token_budget_samples_every_row_as_alone(engine, tok):
+    # 12 prompts x 400 tokens exceed one scheduler step's token budget: on CPUs the engine prefills whole prompts
+    # (a chunked prefill would rewind the seeded rows' generators, which CPU generators cannot do)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 250, (400,), generator=g).tolist() for _ in range(12)]
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, seed=5, row_keys=tuple(range(100, 112)))
+    together = engine.generate(prompts, params)
+    assert len(together) == 12
+    alone = engine.generate(prompts[7:8], dataclasses.replace(params, row_keys=(107,)))
+    assert alone[0] == together[7]

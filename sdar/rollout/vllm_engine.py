@@ -272,6 +272,11 @@ class VLLMGenerator:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if sleep:
             kwargs["enable_sleep_mode"] = True
+        if not cuda:
+            # A prompt prefilled in chunks has its sampled token thrown away and, for a seeded row, the row's
+            # random generator rewound; CPU generators cannot rewind ("CPU Generator does not use offset"), so a
+            # call whose prompts exceed the engine's batch token budget would fail. Prefill whole prompts instead.
+            kwargs["enable_chunked_prefill"] = False
         if kv_cache_gib is None and not cuda and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kv_cache_gib = DEFAULT_CPU_KV_CACHE_GIB
         if kv_cache_gib is not None:
