@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GRPO and SDAR on the real SmolLM2-135M-Instruct (docs/results/smollm2_testbed.md), from the warm start of
 # `sdar sft --config configs/sft/smollm2_testbed.yaml`: GRPO with 3 seeds against the warm start itself (row vanilla:
-# the same panel and sampling seeds), SDAR beside it with seed 0 (SDAR_SEEDS="0 1 2" adds the others; each SDAR run
-# takes ~50 min on one thread, each GRPO run ~41; the default study took 97 min on 2 cores). Two lanes, one CPU thread each. Every part is `sdar compare`, so running
-# the script again resumes; the last line only reads the finished runs back and writes the table.
+# the same panel and sampling seeds), SDAR beside it with seed 0 (SDAR_SEEDS="0 1 2" adds the others). On one thread
+# each SDAR run takes ~50 min and each GRPO run ~41; the default study took 97 min on 2 cores. Two lanes, one CPU
+# thread each. Every part is `sdar compare`, so running the script again resumes; the last line only reads the
+# finished runs back and writes the table.
 #   bash scripts/smollm2_study.sh            (OUT=runs/smollm2_study by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
