@@ -235,7 +235,7 @@ def build(cfg: RunConfig) -> Parts:
         model_dtype=cfg.model.dtype, seed=cfg.seed,
         max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)
     shared = hf and rollout_copy is None  # an HFGenerator over the training model itself
-    engine_dtype = resolve_dtype(cfg.model.dtype) if cfg.rollout.backend == "vllm" else None
+    engine_dtype = None if hf else resolve_dtype(cfg.model.dtype)  # the vLLM engine's weights
     correction = resolve_correction(cfg.algo.mismatch_correction, generator_is_policy=shared)
     gaps = rollout_logprob_gaps(cfg, generator_is_policy=shared, autocast=autocast is not None)
     old_mode = resolve_old_logprobs(cfg.algo.old_logprobs, correction=correction, inexact=gaps)

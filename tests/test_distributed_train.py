@@ -9,10 +9,6 @@ depend on the rank, and each rank rolls out whole groups.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -34,6 +30,7 @@ from sdar.records import PromptContext, Trajectory, Turn
 from sdar.rollout.collect import CollectSettings, EpisodeRequest
 from sdar.rollout.generator import SamplingParams
 from sdar.stats import rollout_metrics
+from torchrun_launch import read_metrics, torchrun_beside
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -107,39 +104,23 @@ def _greedy_rollouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Collector, "train", greedy)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("dist")
     cfg = load_config(SMOKE, overrides={**OVERRIDES, "out_dir": str(base / "two")})
     (base / "run.yaml").write_text(dump_yaml(cfg))
     (base / "driver.py").write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port())]
-    log = (base / "torchrun.log").open("w")
-    proc = subprocess.Popen([*torchrun, str(base / "driver.py"), str(base / "run.yaml"), str(base)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
+
+    def reference() -> None:  # the same run in one process meanwhile
         from sdar.commands.train import train
 
-        with pytest.MonkeyPatch.context() as mp:  # the same run in one process meanwhile, for reference
+        with pytest.MonkeyPatch.context() as mp:
             _greedy_rollouts(mp)
             train(load_config(SMOKE, overrides={**OVERRIDES, "out_dir": str(base / "one")}))
-        proc.wait(timeout=240)
-    finally:
-        proc.kill()
-        log.close()
-    return {"returncode": proc.returncode, "log": (base / "torchrun.log").read_text(), "two": base / "two",
+
+    code, log = torchrun_beside(base / "driver.py", [str(base / "run.yaml"), str(base)], base / "torchrun.log",
+                                reference)
+    return {"returncode": code, "log": log, "two": base / "two",
             "one": base / "one", "base": base}
 
 
@@ -151,7 +132,7 @@ def _ok(runs: dict) -> None:
 def test_two_ranks_train_and_only_rank0_writes(runs):
     _ok(runs)
     out = runs["two"]
-    assert [m["step"] for m in _metrics(out / "metrics.jsonl")] == [0, 1, 2]  # one line per step: rank 0 alone
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]  # one line per step: rank 0 alone
     ckpt = out / "checkpoints"
     assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_000000", "step_000001", "step_000002"]
     assert (ckpt / "latest").read_text().strip() == "step_000002"
@@ -161,13 +142,13 @@ def test_two_ranks_train_and_only_rank0_writes(runs):
                                                             "learner_state.pt"]
     assert not [p for p in ckpt.rglob("*") if p.name.startswith(".tmp-")]
     assert (out / "config.yaml").is_file()
-    first = _metrics(out / "metrics.jsonl")[0]
+    first = read_metrics(out / "metrics.jsonl")[0]
     assert first["rollout/episodes"] == 4.0  # 2 episodes per rank, summed
 
 
 def test_two_ranks_match_one_process(runs):
     _ok(runs)
-    two, one = _metrics(runs["two"] / "metrics.jsonl"), _metrics(runs["one"] / "metrics.jsonl")
+    two, one = read_metrics(runs["two"] / "metrics.jsonl"), read_metrics(runs["one"] / "metrics.jsonl")
     for step in (0, 1):
         for key in ("loss/total", "train/grad_norm", "pg/clip_frac", "rollout/reward", "rollout/response_tokens",
                     "train/tokens"):

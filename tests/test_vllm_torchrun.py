@@ -13,10 +13,6 @@ the test compares that with the consolidated FSDP2 checkpoint of the last step.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,6 +20,7 @@ import pytest
 import torch
 
 from sdar.config import dump_yaml, load_config
+from torchrun_launch import read_metrics, torchrun_beside
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -78,16 +75,6 @@ DRIVER = textwrap.dedent(
 ).replace("PROMPT", repr(PROMPT))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     pytest.importorskip("vllm", reason=SKIP_REASON)
@@ -102,25 +89,18 @@ def runs(tmp_path_factory) -> dict:
     (base / "run.yaml").write_text(dump_yaml(cfg))
     (base / "driver.py").write_text(DRIVER)
     kv = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB per engine: three engines run at once here
-    env = {**os.environ, **kv, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port())]
-    log = (base / "torchrun.log").open("w")
-    proc = subprocess.Popen([*torchrun, str(base / "driver.py"), str(base / "run.yaml"), str(base)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
+
+    def reference() -> None:  # the same run in one process meanwhile
         from sdar.commands.train import train
 
-        with pytest.MonkeyPatch.context() as mp:  # the same run in one process meanwhile, for reference
+        with pytest.MonkeyPatch.context() as mp:
             for k, v in kv.items():
                 mp.setenv(k, v)
             train(load_config(SMOKE, overrides={**overrides, "out_dir": str(base / "one")}))
-        proc.wait(timeout=420)
-    finally:
-        proc.kill()
-        log.close()
-    return {"returncode": proc.returncode, "log": (base / "torchrun.log").read_text(), "two": base / "two",
-            "one": base / "one", "base": base}
+
+    code, log = torchrun_beside(base / "driver.py", [str(base / "run.yaml"), str(base)], base / "torchrun.log",
+                                reference, env=kv, timeout=420)
+    return {"returncode": code, "log": log, "two": base / "two", "one": base / "one", "base": base}
 
 
 def _ok(runs: dict) -> None:
@@ -136,7 +116,7 @@ def test_every_rank_runs_its_own_engine(runs):
 
 def test_two_ranks_sample_and_train_like_one_process(runs):
     _ok(runs)
-    two, one = _metrics(runs["two"] / "metrics.jsonl"), _metrics(runs["one"] / "metrics.jsonl")
+    two, one = read_metrics(runs["two"] / "metrics.jsonl"), read_metrics(runs["one"] / "metrics.jsonl")
     assert [m["step"] for m in two] == [0, 1]
     for step in (0, 1):  # T = 1 sampling: the same episodes only if every row's seed follows its episode
         for key in ("rollout/reward", "rollout/response_tokens", "rollout/invalid_ratio", "train/tokens",

@@ -208,8 +208,7 @@ def _extends(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     steps_old, steps_new = old.get("total_steps"), new.get("total_steps")
     if not isinstance(steps_old, int) or not isinstance(steps_new, int) or steps_new < steps_old:
         return False
-    warmups = [(d.get("optim") or {}).get("warmup_ratio", 0.0) for d in (old, new)]
-    return warmups == [0.0, 0.0] or warmups == [0, 0]
+    return all((d.get("optim") or {}).get("warmup_ratio", 0.0) == 0 for d in (old, new))
 
 
 def ensure_trained(plan: RunPlan) -> RunState:
