@@ -199,6 +199,65 @@ def test_micro_batch_accumulation_equals_whole_batch_gradient(method: str, agg: 
         torch.testing.assert_close(metrics[key], value, atol=1e-6, rtol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize(("method", "agg"), [("grpo", "token-mean"), ("grpo", "seq-mean-token-mean"), ("rlsd", "token-mean")])
+def test_zero_advantage_rows_are_skipped_and_the_gradient_is_unchanged(method: str, agg: str):
+    # with the PG term alone, rows whose advantages are all 0 are not fed forward; the gradient still divides by the
+    # whole batch's tokens (or rows), so it equals the whole-batch objective's gradient computed with them
+    model = tiny_model(VOCAB)
+    learner = LocalLearner(model, micro_batch_tokens=16)
+    spec = resolve_loss(method, agg=agg, kl_coef=0.0, entropy_coef=0.0)
+    assert spec.zero_advantage_rows_inert
+    batch = make_batch(8, seed=11)
+    adv = batch.advantages.clone()
+    adv[[1, 2, 5, 6]] = 0.0  # two whole groups with no signal
+    g = torch.Generator().manual_seed(3)
+    old = (plain_logprobs(model, batch)[0] + 0.05 * torch.randn(batch.loss_mask.shape, generator=g)) * batch.loss_mask
+    batch = batch.with_old_logprobs(old).with_advantages(adv)
+    teacher = old + 0.5 * torch.randn(old.shape, generator=g)
+    fed = sum(len(p) + len(r) for i, (p, r) in enumerate(zip(batch.prompts, batch.responses)) if i not in (1, 2, 5, 6))
+
+    metrics, n_tokens, _ = learner.accumulate_gradients(batch, spec=spec, teacher_logprobs=teacher)
+    assert n_tokens == fed  # only the four live rows went forward
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    lp, _ = plain_logprobs(model, batch, grad=True)
+    out = policy_objective(spec, logprobs=lp, old_logprobs=old, advantages=adv, mask=batch.loss_mask,
+                           teacher_logprobs=teacher, norm=float(batch.response_len))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    torch.testing.assert_close(metrics["loss/total"], out.loss.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_zero_advantage_rows_are_fed_forward_when_another_term_needs_them():
+    spec = resolve_loss("grpo", kl_coef=0.0)  # entropy bonus 0.001: every row has a gradient
+    assert not spec.zero_advantage_rows_inert
+    assert not resolve_loss("sdar", kl_coef=0.0, entropy_coef=0.0).zero_advantage_rows_inert
+    assert not resolve_loss("grpo", entropy_coef=0.0).zero_advantage_rows_inert  # KL to the reference
+    learner = LocalLearner(tiny_model(VOCAB), lr=1e-3)
+    batch = on_policy(learner, make_batch(6, seed=6))
+    batch = batch.with_advantages(torch.zeros_like(batch.advantages))
+    metrics = learner.train_step(batch, spec=spec)
+    assert metrics["train/tokens"] == batch.num_tokens() and metrics["train/inert_rows"] == 0.0
+
+
+def test_a_batch_without_signal_trains_nothing_and_still_reports_every_metric():
+    model = tiny_model(VOCAB)
+    learner = LocalLearner(model, lr=1e-3, weight_decay=0.0)
+    spec = resolve_loss("grpo", kl_coef=0.0, entropy_coef=0.0)
+    batch = on_policy(learner, make_batch(6, seed=6))
+    live = learner.train_step(batch, spec=spec)
+    before = params_copy(model)
+    metrics = learner.train_step(batch.with_advantages(torch.zeros_like(batch.advantages)), spec=spec)
+    assert set(metrics) == set(live)
+    assert metrics["train/inert_rows"] == 6.0 and live["train/inert_rows"] == 0.0
+    assert metrics["train/tokens"] <= 2  # one filler pass of a one-token row
+    assert metrics["loss/total"] == 0.0 and metrics["train/grad_norm"] == 0.0
+    # AdamW still steps (its moments carry the previous update), exactly as a full pass with zero gradients would
+    assert metrics["train/optimizer_steps"] == 1.0 and learner.optimizer_steps == 2
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+
+
 def test_train_step_changes_every_parameter_and_reports_metrics():
     model = tiny_model(VOCAB)
     learner = LocalLearner(model, reference_model=copy.deepcopy(model), lr=1e-3, weight_decay=0.0)

@@ -116,6 +116,13 @@ class LossSpec:
         return self.uses_aux or self.advantage_reweight == "rlsd"
 
     @property
+    def zero_advantage_rows_inert(self) -> bool:
+        """True when a row whose advantages are all 0 adds exactly nothing to the loss or its gradient: the clipped
+        policy-gradient term (whose RLSD reweighting only rescales A) is the only term. The learner then skips such
+        rows' forward and backward passes (a GRPO group whose episodes all got the same reward is such a group)."""
+        return self.pg_coef > 0 and self.kl_coef == 0 and self.entropy_coef == 0 and not self.uses_aux
+
+    @property
     def needs_reference(self) -> bool:
         """True when a frozen reference model is needed (``kl_coef > 0``)."""
         return self.kl_coef > 0

@@ -24,6 +24,12 @@ the whole batch's loss in one process. Sharded models gather parameters with col
 so all ranks must run the same number of forward (and backward) passes: a rank whose shard needs fewer
 micro-batches (or optimizer mini-batches) than another runs filler passes on a one-token row whose loss mask is all
 False, which join the collectives and add exactly zero to gradients and metrics.
+
+When the objective is the policy-gradient term alone (``LossSpec.zero_advantage_rows_inert``: no KL, entropy or
+distillation term), rows whose advantages are all zero add exactly zero to the loss and its gradient, so they are left
+out of the forward and backward passes; the aggregation still counts their tokens (the token-mean denominator is the
+whole batch's), so the gradient is the same as with them. The objective's token-mean metrics are then means over the
+trained rows' tokens.
 """
 
 from __future__ import annotations
@@ -49,12 +55,21 @@ from sdar.learner.modules import has_dropout, module_mode, split_model
 from sdar.learner.packing import Layout, PackedMicroBatch, make_micro_batches, padding_ratio
 from sdar.learner.sharding import NoSharding, ShardingStrategy, is_additive
 
-__all__ = ["LocalLearner", "PolicyLearner", "lr_at"]
+__all__ = ["LocalLearner", "PolicyLearner", "live_rows", "lr_at"]
 
 logger = logging.getLogger(__name__)
 
 _FILLER_ROW = ((0,), (0,))  # one prompt token, one response token: the cheapest pass through the whole model
 _COUNTERS = ("train_steps", "optimizer_steps", "skipped_steps")
+
+
+def live_rows(batch: TokenBatch, spec: LossSpec) -> list[int]:
+    """Indices of the rows of ``batch`` that can change the loss of ``spec``: every row, unless
+    ``spec.zero_advantage_rows_inert``, then the rows with a nonzero advantage on a trained token."""
+    if not spec.zero_advantage_rows_inert:
+        return list(range(batch.size))
+    signal = ((batch.advantages != 0) & batch.loss_mask).any(-1)  # [N]
+    return torch.nonzero(signal).flatten().tolist()
 
 
 def lr_at(step: int, *, base_lr: float, warmup_steps: int = 0, total_steps: int | None = None) -> float:
@@ -388,12 +403,22 @@ class PolicyLearner:
             detached scalar tensors (no device sync); :meth:`reduce_metrics` gives the global values.
         """
         self._agree_on_inputs(batch, spec, ref_logprobs, teacher_logprobs, is_weights)
+        norm = float(batch.response_len) if norm is None else norm
+        whole_tokens, whole_seqs = batch.loss_mask.sum(), batch.loss_mask.any(-1).sum()
+        live = live_rows(batch, spec)
+        if len(live) < batch.size:  # rows that cannot change the loss: not fed forward (see the module docstring)
+            it = torch.as_tensor(live, dtype=torch.long)
+            ref_logprobs, teacher_logprobs, is_weights = (
+                None if t is None else t[it] for t in (ref_logprobs, teacher_logprobs, is_weights)
+            )
+            batch = batch.select(live)
         rows = list(zip(batch.prompts, batch.responses))
-        micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout)
+        micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout) if rows else []
         totals = self.sharding.reduce(
-            {"tokens": batch.loss_mask.sum(), "seqs": batch.loss_mask.any(-1).sum()}, "sum"
+            {"tokens": whole_tokens, "seqs": whole_seqs, "live_tokens": batch.loss_mask.sum()}, "sum"
         )
-        most = self._most(micro_batches=len(micro), norm=float(batch.response_len) if norm is None else norm)
+        # at least one pass: a batch with no live row still gives every metric (as zeros) and zero gradients
+        most = self._most(micro_batches=max(len(micro), 1), norm=norm)
         counts = {
             "global_tokens": int(totals["tokens"]),
             "global_seqs": int(totals["seqs"]),
@@ -402,6 +427,7 @@ class PolicyLearner:
         }
         with_entropy = spec.entropy_coef > 0 or (spec.uses_aux and spec.gate in ("entropy", "soft_or"))
         passes = int(most["micro_batches"])
+        metric_tokens = int(totals["live_tokens"])
         sums: dict[str, Tensor] = {}
         try:
             with module_mode(self.model, True):  # activation checkpointing only runs in training mode
@@ -410,10 +436,10 @@ class PolicyLearner:
                         self.sharding.set_gradient_sync(k == passes - 1)
                     if k < len(micro):
                         self._micro_backward(micro[k], batch, spec, ref_logprobs, teacher_logprobs, counts,
-                                             with_entropy, sums, is_weights=is_weights)
+                                             with_entropy, sums, is_weights=is_weights, metric_tokens=metric_tokens)
                     else:
                         self._filler_backward(spec, ref_logprobs, teacher_logprobs, is_weights, counts,
-                                              with_entropy, sums)
+                                              with_entropy, sums, metric_tokens)
         finally:
             self.sharding.set_gradient_sync(True)
         return sums, sum(mb.num_tokens for mb in micro), micro
@@ -427,6 +453,7 @@ class PolicyLearner:
         counts: dict[str, Any],
         with_entropy: bool,
         sums: dict[str, Tensor],
+        metric_tokens: int,
     ) -> None:
         """A pass that trains nothing, with the same optional inputs (hence metric keys) as the real rows."""
         mb, batch = self._filler
@@ -437,6 +464,7 @@ class PolicyLearner:
             None if teacher_logprobs is None else filler_lp,
             counts, with_entropy, sums,
             is_weights=None if is_weights is None else torch.ones_like(filler_lp),
+            metric_tokens=metric_tokens,
         )
 
     def _micro_backward(
@@ -450,8 +478,10 @@ class PolicyLearner:
         with_entropy: bool,
         sums: dict[str, Tensor],
         is_weights: Tensor | None = None,
+        metric_tokens: int | None = None,
     ) -> None:
-        """One micro-batch: forward, objective with the optimizer batch's counts, backward, metrics into ``sums``."""
+        """One micro-batch: forward, objective with the optimizer batch's counts, backward, metrics into ``sums``
+        (token means weighted by this micro-batch's share of ``metric_tokens``, default the global tokens)."""
         device = self.device
         lp, ent = self._score("policy", mb, with_entropy=with_entropy)  # [R]
         idx = torch.as_tensor(mb.row_ids, dtype=torch.long)
@@ -478,7 +508,7 @@ class PolicyLearner:
             **counts,
         )
         out.loss.backward()
-        share = mask.sum() / max(counts["global_tokens"], 1)
+        share = mask.sum() / max(counts["global_tokens"] if metric_tokens is None else metric_tokens, 1)
         for key, value in out.metrics.items():
             value = value.detach().float()
             contribution = value if is_additive(key) else value * share
@@ -577,7 +607,8 @@ class PolicyLearner:
             Objective metrics (``pg/...``, ``kl/...``, ``sdar/...``, ``loss/total``) of the global batch averaged
             over the applied optimizer steps, plus ``train/loss``, ``train/grad_norm``, ``train/lr``,
             ``train/tokens`` (tokens fed forward, all epochs), ``train/tokens_per_s``, ``train/optimizer_steps``,
-            ``train/skipped_steps``, ``train/micro_batches`` and ``train/padding_ratio``. When distributed, the
+            ``train/skipped_steps``, ``train/micro_batches``, ``train/padding_ratio`` and ``train/inert_rows``
+            (rows not fed forward because they cannot change the loss, all epochs). When distributed, the
             same on every rank: tokens, throughput and micro-batches summed over ranks (filler passes not
             counted), the padding ratio averaged.
         """
@@ -595,7 +626,7 @@ class PolicyLearner:
         start = time.perf_counter()
         lr = lr_at(self.train_steps, base_lr=self.base_lr, warmup_steps=self.warmup_steps, total_steps=self.total_steps)
         steps: list[dict[str, float]] = []
-        tokens, micro_all = 0, []
+        tokens, micro_all, inert = 0, [], 0
         self.optimizer.zero_grad(set_to_none=True)
         for index in self._mini_batches(batch.size):
             it = torch.as_tensor(index, dtype=torch.long)
@@ -610,6 +641,7 @@ class PolicyLearner:
                 **({} if is_weights is None else {"is_weights": is_weights[it, :a]}),
             )
             steps.append(self._optimizer_step(sums, lr))
+            inert += sub.size - len(live_rows(sub, spec))
             tokens += n_tokens
             micro_all.extend(micro)
         self.train_steps += 1
@@ -622,6 +654,7 @@ class PolicyLearner:
             "train/tokens_per_s": tokens / max(elapsed, 1e-9),
             "train/micro_batches": float(len(micro_all)),
             "train/padding_ratio": padding_ratio(micro_all),
+            "train/inert_rows": float(inert),
         }
         throughput = self.sharding.reduce_floats(throughput, "sum")
         throughput["train/padding_ratio"] /= self.sharding.world_size
@@ -635,6 +668,7 @@ class PolicyLearner:
                 "train/skipped_steps": float(sum(s["train/skipped"] for s in steps)),
                 "train/micro_batches": throughput["train/micro_batches"],
                 "train/padding_ratio": throughput["train/padding_ratio"],
+                "train/inert_rows": throughput["train/inert_rows"],
             }
         )
         return out
