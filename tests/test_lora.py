@@ -16,6 +16,7 @@ from sdar.learner.lora import (
     inner_model,
     is_lora_model,
     merged_state_dict,
+    merged_weights,
 )
 from sdar.rollout.generator import SamplingParams
 from sdar.rollout.hf import HFGenerator
@@ -159,6 +160,33 @@ def test_merged_weights_reproduce_the_adapted_policy_without_changing_it(trained
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing merged in place
     plain_state = tiny_model(VOCAB).state_dict()
     assert merged_state_dict(tiny_model(VOCAB)).keys() == plain_state.keys()  # no adapter: the state dict
+
+
+def test_merged_weights_stream_one_merge_at_a_time(trained, monkeypatch):
+    from peft.tuners.lora import LoraLayer
+
+    learner, _ = trained
+    calls: list[int] = []
+    layer_type = type(next(m for m in learner.model.modules() if isinstance(m, LoraLayer)))
+    original = layer_type.get_delta_weight
+
+    def counted(self, adapter):
+        calls.append(1)
+        return original(self, adapter)
+
+    monkeypatch.setattr(layer_type, "get_delta_weight", counted)
+    stream = merged_weights(learner.model)
+    seen = 0
+    for _ in stream:  # no merge happens before the tensor that needs it
+        seen += 1
+        assert len(calls) <= seen
+    adapted = sum(isinstance(m, LoraLayer) for m in learner.model.modules())
+    assert len(calls) == adapted > 0  # every adapted weight merged exactly once
+    calls.clear()
+    whole = merged_state_dict(learner.model)
+    streamed = dict(merged_weights(learner.model))
+    assert whole.keys() == streamed.keys()
+    assert all(torch.equal(whole[k], streamed[k]) for k in whole)
 
 
 def test_shared_generator_samples_from_the_adapted_policy(trained):

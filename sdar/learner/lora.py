@@ -26,6 +26,7 @@ __all__ = [
     "inner_model",
     "is_lora_model",
     "merged_state_dict",
+    "merged_weights",
 ]
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -183,6 +184,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
     The model is not modified. Load the result into a plain copy of the base architecture (e.g. a generator's
     ``load_weights``) to sample from the adapted policy. A model without adapters gives its own state dict.
+    :func:`merged_weights` gives the same tensors one at a time.
 
     Returns:
         ``{name: tensor}`` with the base model's names and dtypes (merged tensors are new; others are the live ones,
@@ -191,31 +193,39 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     Raises:
         ValueError: an adapter kind that is not a plain additive LoRA update (e.g. DoRA).
     """
+    return dict(merged_weights(model))
+
+
+def merged_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """:func:`merged_state_dict` as a stream: each adapted weight is merged when its turn comes, so at most one merged
+    tensor exists at a time beyond what the consumer keeps (a weight push into an engine holds no merged copy of the
+    whole model). Adapter kinds are checked before the first tensor is yielded.
+
+    Raises:
+        ValueError: an adapter kind that is not a plain additive LoRA update (e.g. DoRA).
+    """
     inner = inner_model(model)
     if not is_lora_model(model):
-        return {k: v.detach() for k, v in inner.state_dict().items()}
+        for key, tensor in inner.state_dict().items():
+            yield key, tensor.detach()
+        return
     from peft.tuners.lora import LoraLayer
 
     layers = {name: m for name, m in inner.named_modules() if isinstance(m, LoraLayer)}
-    deltas: dict[str, Tensor | None] = {}
+    live: dict[str, list[str]] = {}  # layer -> adapters to merge (none: already inside the base weight, or off)
     for name, layer in layers.items():
         active = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
         if any(layer.use_dora.get(a, False) for a in active):
             raise ValueError(f"{name} uses DoRA, which merged_state_dict does not merge; use plain LoRA")
-        if layer.merged or layer.disable_adapters or not active:
-            deltas[name] = None  # already inside the base weight, or switched off
-        else:
-            deltas[name] = sum(layer.get_delta_weight(a).float() for a in active)  # type: ignore[misc]
+        live[name] = [] if layer.merged or layer.disable_adapters else active
 
-    out: dict[str, Tensor] = {}
     for key, tensor in inner.state_dict().items():
         owner, sep, rest = key.partition(".base_layer.")  # "<layer>.base_layer.weight" -> the plain "<layer>.weight"
         if sep and owner in layers:
             value = tensor.detach()
-            delta = deltas[owner]
-            if rest == "weight" and delta is not None:
-                value = (value.float() + delta.to(value.device)).to(value.dtype)
-            out[f"{owner}.{rest}"] = value
+            if rest == "weight" and live[owner]:
+                delta = sum(layers[owner].get_delta_weight(a).float() for a in live[owner])
+                value = (value.float() + delta.to(value.device)).to(value.dtype)  # type: ignore[union-attr]
+            yield f"{owner}.{rest}", value
         elif key.rpartition(".lora_")[0] not in layers:  # skip the adapter's own tensors (lora_A, lora_B, ...)
-            out[key] = tensor.detach()
-    return out
+            yield key, tensor.detach()

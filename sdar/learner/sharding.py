@@ -230,11 +230,11 @@ class NoSharding:
 
     def export_weights(self, model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
         """The policy's state dict, one tensor at a time (cast to ``dtype`` when given); a LoRA policy exports the
-        base names with the adapters merged in (what a plain copy of the model needs, see
-        :func:`sdar.learner.lora.merged_state_dict`)."""
-        from sdar.learner.lora import merged_state_dict
+        base names with the adapters merged in, one layer at a time (what a plain copy of the model needs, see
+        :func:`sdar.learner.lora.merged_weights`)."""
+        from sdar.learner.lora import merged_weights
 
-        for name, value in merged_state_dict(model).items():
+        for name, value in merged_weights(model):
             yield name, (value if dtype is None or not value.is_floating_point() else value.to(dtype))
 
     def save_sharded(
