@@ -20,8 +20,8 @@ part() {  # part METHOD SEED; /usr/bin/time records each part's peak resident me
 start=$(date +%s)
 SDAR_SEEDS=${SDAR_SEEDS:-0}
 sdar_seed() { if [[ " $SDAR_SEEDS " == *" $1 "* ]]; then part sdar "$1"; fi; }
-( part grpo 0; part grpo 1; part vanilla 0; sdar_seed 1 ) & a=$!
-( part grpo 2; part vanilla 1; part vanilla 2; sdar_seed 0; sdar_seed 2 ) & b=$!
+( part grpo 0; part grpo 1; part vanilla 0; part vanilla 1; part vanilla 2; sdar_seed 1 ) & a=$!
+( part grpo 2; sdar_seed 0; sdar_seed 2 ) & b=$!
 wait $a; wait $b
 echo "runs finished in $(( ($(date +%s) - start) / 60 )) min"
 # the tables: GRPO against the warm start (paired by seed), then SDAR beside GRPO on SDAR's seeds

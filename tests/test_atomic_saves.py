@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sdar import atomic
+from torchrun_launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,11 +215,6 @@ learner.save_sharded(folder)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.parametrize(("point", "shift"), [("writing", 0.0), ("after_swap", 1.0)])
 def test_a_killed_sharded_save_keeps_a_loadable_folder(tmp_path: Path, point: str, shift: float) -> None:
@@ -229,7 +224,7 @@ def test_a_killed_sharded_save_keeps_a_loadable_folder(tmp_path: Path, point: st
     from sdar.learner.fsdp import SHARDED_STATE_FILE
 
     work = tmp_path / "work"
-    body = FSDP.replace("sys.argv[3]", repr(str(_free_port())))
+    body = FSDP.replace("sys.argv[3]", repr(str(free_port())))
     _kill_during(tmp_path, body, point)
     folder = work / "sharded" / "step_000001"
     got = consolidate_sharded(folder)  # reads the shards in one process, after repairing leftovers

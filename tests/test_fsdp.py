@@ -11,7 +11,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from sdar.learner import dist as dist_util
+from torchrun_launch import free_port
 
 WORLD = 2
 SPLIT = ([0, 1, 2, 3, 4], [5, 6])  # rows of the 7-row global batch owned by rank 0 / rank 1
@@ -281,16 +281,11 @@ def _worker(rank: int, port: int, out: str) -> None:
     os._exit(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def res(tmp_path_factory) -> dict[str, float]:
     out = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return torch.load(out / "results.pt")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from sdar.envs.search.retrievers import (
     passage_from_contents,
 )
 from sdar.envs.search.server import _build_parser, serve_retriever
+from torchrun_launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,15 +129,10 @@ def test_server_round_trip(bm25: BM25Retriever) -> None:
             assert json.loads(resp.read()) == {"status": "ok", "passages": 4}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_unreachable_server_retries_then_env_reports_the_failure() -> None:
     sleeps: list[float] = []
-    client = HTTPRetriever(f"http://127.0.0.1:{_free_port()}/retrieve", timeout=1, retries=2, backoff=0.01,
+    client = HTTPRetriever(f"http://127.0.0.1:{free_port()}/retrieve", timeout=1, retries=2, backoff=0.01,
                            sleep=sleeps.append)
     with pytest.raises(RetrieverError, match="sdar retriever serve"):
         client.retrieve(["anything"], 3)
@@ -161,7 +156,7 @@ def test_serve_defaults_to_localhost() -> None:
 def test_main_serve_runs_as_a_process_and_stops_on_interrupt(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": p.doc_id, "contents": p.contents}) + "\n" for p in PASSAGES))
-    port = _free_port()
+    port = free_port()
     code = "import sys; from sdar.envs.search.server import main_serve; sys.exit(main_serve(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "--corpus", str(corpus), "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
