@@ -71,19 +71,58 @@ def test_row_longer_than_budget_gets_its_own_micro_batch():
 
 
 def test_bucketed_groups_padding_and_mask_by_hand():
-    # lengths 5, 3, 2, 2 (rows 0..3); budget 8 slots.
-    # sorted: r0(5) -> [r0]; r1: 2 * 5 = 10 > 8 -> new [r1]; r2: 2 * 3 = 6 -> [r1, r2]; r3: 3 * 3 = 9 -> new [r3]
-    rows = rows_of_lengths([(3, 2), (2, 1), (1, 1), (1, 1)])
-    mbs = bucket_rows(rows, max_tokens=8)
-    assert [mb.row_ids for mb in mbs] == [(0,), (1, 2), (3,)]
-    mb = mbs[1]
-    assert mb.input_ids.tolist() == [[100, 101, 150], [200, 250, 0]]
+    # rows 0, 1 of lengths 3 and 2 (r1 one token shorter); budget 8 slots.
+    # pass_cost 2: together 2 * 3 = 6 slots + 2 = 8 < apart 3 + 2 + 2 * 2 = 9 -> one micro-batch, r1 padded by 1
+    rows = rows_of_lengths([(2, 1), (1, 1)])
+    mbs = bucket_rows(rows, max_tokens=8, pass_cost=2)
+    assert [mb.row_ids for mb in mbs] == [(0, 1)]
+    mb = mbs[0]
+    assert mb.input_ids.tolist() == [[0, 1, 50], [100, 150, 0]]
     assert mb.attention_mask.tolist() == [[True, True, True], [True, True, False]]
     assert mb.position_ids.tolist() == [[0, 1, 2], [0, 1, 0]]
-    # flat [2 * 3] positions: row 1's 150 is predicted by flat 1; row 2's 250 by flat 3 (row 2 starts at 3)
+    # flat [2 * 3] positions: row 0's 50 is predicted by flat 1; row 1's 150 by flat 3 (row 1 starts at 3)
     assert mb.pred_index.tolist() == [1, 3]
-    # slots 5 + 6 + 2 = 13, real tokens 5 + 3 + 2 + 2 = 12 -> 1 padding slot
-    assert padding_ratio(mbs) == pytest.approx(1 / 13)
+    assert padding_ratio(mbs) == pytest.approx(1 / 6)
+    # pass_cost 0: apart 5 slots < together 6 -> two micro-batches, no padding
+    assert [mb.row_ids for mb in bucket_rows(rows, max_tokens=8, pass_cost=0)] == [(0,), (1,)]
+
+
+def test_bucketed_cuts_where_filling_the_budget_would_pad_short_rows():
+    # lengths 8, 2, 2, 2; budget 16. Filling each micro-batch in sorted order pads r1 to 8: [r0, r1] (16 slots) +
+    # [r2, r3] (4) = 20 slots. The optimal cut: [r0] (8) + [r1, r2, r3] (6) = 14 slots, the same two passes.
+    rows = rows_of_lengths([(4, 4), (1, 1), (1, 1), (1, 1)])
+    mbs = bucket_rows(rows, max_tokens=16, pass_cost=4)
+    assert [mb.row_ids for mb in mbs] == [(0,), (1, 2, 3)]
+    assert sum(mb.num_slots for mb in mbs) == 14 and padding_ratio(mbs) == 0.0
+    # lengths 5, 3, 2, 2 (budget 8, pass_cost 0): [r0] [r1] [r2, r3] = 12 slots, no padding; ties go to fewer passes
+    rows = rows_of_lengths([(3, 2), (2, 1), (1, 1), (1, 1)])
+    assert [mb.row_ids for mb in bucket_rows(rows, max_tokens=8, pass_cost=0)] == [(0,), (1,), (2, 3)]
+    with pytest.raises(ValueError, match="pass_cost"):
+        bucket_rows(rows, max_tokens=8, pass_cost=-1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bucketed_cost_is_the_least_over_every_split(seed: int):
+    # brute force over every way to cut the sorted rows into consecutive groups within the budget
+    import itertools
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = [int(x) for x in torch.randint(2, 12, (8,), generator=g)]
+    rows = rows_of_lengths([(n - 1, 1) for n in lengths])
+    budget, cost = 24, 5
+    mbs = bucket_rows(rows, max_tokens=budget, pass_cost=cost)
+    got = sum(mb.num_slots for mb in mbs) + cost * len(mbs)
+    w = sorted(lengths, reverse=True)
+    best = None
+    for cuts in itertools.product([False, True], repeat=len(w) - 1):
+        bounds = [0] + [k + 1 for k, c in enumerate(cuts) if c] + [len(w)]
+        groups = [w[a:b] for a, b in zip(bounds, bounds[1:])]
+        if any(len(gr) > 1 and len(gr) * gr[0] > budget for gr in groups):
+            continue
+        total = sum(len(gr) * gr[0] + cost for gr in groups)
+        best = total if best is None else min(best, total)
+    assert got == best
+    assert all(mb.num_slots <= budget or len(mb.row_ids) == 1 for mb in mbs)
 
 
 def test_empty_prompt_is_refused_and_empty_response_left_out():

@@ -9,7 +9,8 @@ once and to put each response token's log-prob back at its ``[N, A]`` position:
   at a time for the eager and sdpa kernels; for another attention kernel, check it or use ``bucketed``). The model
   must be called with ``use_cache=False``: with a cache object the packed-sequence detection is switched off and
   rows leak into each other.
-- ``bucketed``: rows are sorted by length and right-padded to the longest row of their micro-batch, with a 2-D
+- ``bucketed``: rows are sorted by length, split into the consecutive groups that waste the fewest slots (padding
+  plus a fixed cost per pass), and right-padded to the longest row of their micro-batch, with a 2-D
   ``attention_mask`` (True = real token).
 
 Pure functions of token ids; no model, no device.
@@ -23,7 +24,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Layout", "PackedMicroBatch", "bucket_rows", "make_micro_batches", "pack_rows", "padding_ratio"]
+__all__ = ["PASS_COST_TOKENS", "Layout", "PackedMicroBatch", "bucket_rows", "make_micro_batches", "pack_rows", "padding_ratio"]
 
 Layout = Literal["packed", "bucketed"]
 Row = tuple[Sequence[int], Sequence[int]]
@@ -170,29 +171,52 @@ def pack_rows(rows: Sequence[Row], *, max_tokens: int) -> list[PackedMicroBatch]
     return _build(rows, groups, packed=True)
 
 
-def bucket_rows(rows: Sequence[Row], *, max_tokens: int) -> list[PackedMicroBatch]:
-    """Sort rows by length and cut them into right-padded micro-batches of at most ``max_tokens`` slots.
+PASS_COST_TOKENS = 64
+"""What one extra forward/backward pass costs in fixed overhead (kernel launches, Python, the LM head's chunks), in
+padded slots: :func:`bucket_rows` splits a micro-batch only where that saves more padding than this."""
 
-    A micro-batch of ``b`` rows whose longest row has ``w`` tokens costs ``b * w`` slots. A row longer than
-    ``max_tokens`` gets a micro-batch of its own.
+
+def bucket_rows(rows: Sequence[Row], *, max_tokens: int, pass_cost: int = PASS_COST_TOKENS) -> list[PackedMicroBatch]:
+    """Sort rows by length and cut them into right-padded micro-batches of at most ``max_tokens`` slots, choosing the
+    cuts that minimise the total cost ``slots + pass_cost * micro-batches``.
+
+    A micro-batch of ``b`` rows whose longest row has ``w`` tokens costs ``b * w`` slots. Over the rows sorted longest
+    first, the best cuts come from a dynamic programme (the optimal split into consecutive groups); filling each
+    micro-batch to the budget instead can put a short row beside a long one and pad it to the long one's length. A row
+    longer than ``max_tokens`` gets a micro-batch of its own.
 
     Args:
         rows: ``(prompt_ids, response_ids)`` pairs. Prompts must be non-empty; rows with an empty response are
             left out.
         max_tokens: Slot budget (padding included) per micro-batch.
+        pass_cost: Fixed cost of one more micro-batch, in slots (0 = fewest padded slots, whatever the passes).
 
     Returns:
-        Micro-batches with ``input_ids`` and ``attention_mask`` of shape ``[B, L]``.
+        Micro-batches with ``input_ids`` and ``attention_mask`` of shape ``[B, L]``, longest rows first.
     """
     lengths = _check_rows(rows, max_tokens)
+    if pass_cost < 0:
+        raise ValueError(f"pass_cost must be >= 0, got {pass_cost}")
+    order = _by_length_desc(rows, lengths)
+    width = [lengths[i] for i in order]  # non-increasing: the first row of a group sets its width
+    n = len(order)
+    best = [0] + [0] * n  # best[j]: least cost of the first j rows
+    start = [0] * (n + 1)  # start[j]: where the last group of that best split begins
+    for j in range(1, n + 1):
+        best[j], start[j] = best[j - 1] + width[j - 1] + pass_cost, j - 1  # row j - 1 alone
+        for i in range(j - 2, -1, -1):  # the group order[i:j] of j - i rows, width width[i]
+            slots = (j - i) * width[i]
+            if slots > max_tokens:
+                break  # earlier starts are wider and longer still
+            cost = best[i] + slots + pass_cost
+            if cost <= best[j]:  # ties: the larger group (fewer passes)
+                best[j], start[j] = cost, i
     groups: list[list[int]] = []
-    for i in _by_length_desc(rows, lengths):
-        # rows arrive longest first, so the first row of a group sets its width
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return _build(rows, groups, packed=False)
+    j = n
+    while j > 0:
+        groups.append(order[start[j] : j])
+        j = start[j]
+    return _build(rows, groups[::-1], packed=False)
 
 
 def make_micro_batches(rows: Sequence[Row], *, max_tokens: int, layout: Layout) -> list[PackedMicroBatch]:
