@@ -86,21 +86,26 @@ def smollm2_shaped(layers: int, seed: int) -> Any:
     return model.float().eval()
 
 
-def layouts(rows: Sequence[Row], budget: int) -> dict[str, list[tuple[Any, int]]]:
-    """Micro-batches of each layout as ``(micro_batch, row offset)``; ``dest_row + offset`` indexes ``rows``."""
-    from sdar.learner.packing import bucket_rows, pack_rows
+def layouts(rows: Sequence[Row], budget: int, names: Sequence[str] = ("padded", "bucketed", "packed"),
+            pass_cost: int | None = None) -> dict[str, list[tuple[Any, int]]]:
+    """Micro-batches of each layout as ``(micro_batch, row offset)``; ``dest_row + offset`` indexes ``rows``.
+    ``bucketed-fill`` is the bucketed layout that fills every micro-batch to the budget (the fewest passes)."""
+    from sdar.learner.packing import PASS_COST_TOKENS, bucket_rows, pack_rows
 
     longest = max(len(p) + len(r) for p, r in rows)
     per_batch = max(1, budget // longest)
     padded = []
     for start in range(0, len(rows), per_batch):  # one micro-batch of the consecutive rows, padded to their longest
-        (mb,) = bucket_rows(rows[start : start + per_batch], max_tokens=10**12)
+        (mb,) = bucket_rows(rows[start : start + per_batch], max_tokens=10**12, pass_cost=10**12)
         padded.append((mb, start))
-    return {
-        "padded": padded,
-        "bucketed": [(mb, 0) for mb in bucket_rows(rows, max_tokens=budget)],
-        "packed": [(mb, 0) for mb in pack_rows(rows, max_tokens=budget)],
+    cost = PASS_COST_TOKENS if pass_cost is None else pass_cost
+    every = {
+        "padded": lambda: padded,
+        "bucketed": lambda: [(mb, 0) for mb in bucket_rows(rows, max_tokens=budget, pass_cost=cost)],
+        "bucketed-fill": lambda: [(mb, 0) for mb in bucket_rows(rows, max_tokens=budget, pass_cost=10**9)],
+        "packed": lambda: [(mb, 0) for mb in pack_rows(rows, max_tokens=budget)],
     }
+    return {name: every[name]() for name in ["padded", *(n for n in names if n != "padded")]}
 
 
 def score(model: Any, mb: Any) -> torch.Tensor:
@@ -143,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up; median reported")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layouts", nargs="+", default=["bucketed", "packed"],
+                   choices=["bucketed", "bucketed-fill", "packed"], help="layouts timed beside padded")
+    p.add_argument("--pass-cost", type=int, default=None,
+                   help="bucketed: fixed cost of a pass in slots (default sdar's PASS_COST_TOKENS)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     n, width = len(rows), max(len(r) for _, r in rows)
     scored = sum(len(r) for _, r in rows)
     real = sum(len(pr) + len(r) for pr, r in rows)
-    micro = layouts(rows, args.micro_batch_tokens)
+    micro = layouts(rows, args.micro_batch_tokens, args.layouts, args.pass_cost)
 
     times: dict[str, dict[str, list[float]]] = {k: {"logprobs": [], "update": []} for k in micro}
     results: dict[str, torch.Tensor] = {}
@@ -192,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         f"median {prompt_lens[n // 2]} max {prompt_lens[-1]}; response tokens min {resp_lens[0]} median "
         f"{resp_lens[n // 2]} max {resp_lens[-1]} ({'expert targets' if args.response_len is None else 'random'}); "
         f"{real} real tokens, budget {args.micro_batch_tokens} tokens per micro-batch\n\n")
-    out(f"{'layout':9s} {'micro':>5s} {'slots':>7s} {'padding':>8s} {'attn cells':>11s}  "
-        f"{'log-prob pass':>28s}  {'update pass':>28s}\n")
+    padded_slots = sum(mb.num_slots for mb, _ in micro["padded"])
+    limit = padded_slots / real  # the most any layout can win over padding: no padded slot at all
+    out(f"padding-free limit (padded slots / real tokens): {limit:.3f}x; 'of limit' = speed-up over padded / limit\n\n")
+    out(f"{'layout':13s} {'micro':>5s} {'slots':>7s} {'padding':>8s} {'attn cells':>11s}  "
+        f"{'log-prob pass':>28s} {'of limit':>8s}  {'update pass':>28s} {'of limit':>8s}\n")
     base = {k: statistics.median(times["padded"][k]) for k in ("logprobs", "update")}
     for name, mbs in micro.items():
         slots = sum(mb.num_slots for mb, _ in mbs)
@@ -202,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         cols = []
         for k in ("logprobs", "update"):
             v = times[name][k]
-            cols.append(f"{statistics.median(v):6.2f}s [{min(v):.2f}-{max(v):.2f}] {base[k] / statistics.median(v):4.2f}x")
-        out(f"{name:9s} {len(mbs):5d} {slots:7d} {(slots - real) / slots:8.1%} {cells / 1e6:10.1f}M  "
-            f"{cols[0]:>28s}  {cols[1]:>28s}\n")
+            speedup = base[k] / statistics.median(v)
+            cols.append(f"{statistics.median(v):6.2f}s [{min(v):.2f}-{max(v):.2f}] {speedup:4.2f}x")
+            cols.append(f"{speedup / limit:.0%}")
+        out(f"{name:13s} {len(mbs):5d} {slots:7d} {(slots - real) / slots:8.1%} {cells / 1e6:10.1f}M  "
+            f"{cols[0]:>28s} {cols[1]:>8s}  {cols[2]:>28s} {cols[3]:>8s}\n")
     diff = max(float((results[k] - results["padded"]).abs().max()) for k in results)
     out(f"\n(ratios are padded time / layout time, medians of {args.repeats}; [min-max] is the spread)\n")
     out(f"max |log-prob difference| between layouts: {diff:.2e}\n")
