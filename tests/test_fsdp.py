@@ -108,6 +108,23 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
         res[f"grad_abs/{key}"] = max(float(p.grad.abs().max()) for p in local.model.parameters())
         res[f"micro_batches/rank{rank}/{key}"] = float(len(micro))
 
+    # the PG term alone: rows with zero advantages are not fed forward; all of rank 1's rows are such rows, so it runs
+    # filler passes only, and the result is still the single process's
+    spec = resolve_loss("grpo", kl_coef=0.0, entropy_coef=0.0)
+    adv = batch.advantages.clone()
+    adv[[2, 5, 6]] = 0.0
+    inert = batch.with_advantages(adv)
+    fsdp = FSDPLearner(tiny_model(vocab), **kw)
+    sums, _, micro = fsdp.accumulate_gradients(inert.select(SPLIT[rank]), spec=spec)
+    got = fsdp.reduce_metrics(sums)
+    local = LocalLearner(tiny_model(vocab), **kw)
+    want, _, _ = local.accumulate_gradients(inert, spec=spec)
+    res["inert/loss_diff"] = abs(got["loss/total"] - float(want["loss/total"]))
+    res["inert/loss_abs"] = abs(float(want["loss/total"]))
+    res["inert/metric_diff"] = max(abs(got[k] - float(v)) for k, v in want.items())
+    res["inert/grad_diff"] = _maxdiff(_full_grads(fsdp.model), {n: p.grad for n, p in local.model.named_parameters()})
+    res[f"inert/rows/rank{rank}"] = float(sum(len(mb.row_ids) for mb in micro))
+
     # activation checkpointing and one deferred reduce-scatter give the same gradients; bf16 compute keeps fp32
     # sharded master weights
     spec = resolve_loss("sdar", agg="seq-mean-token-mean", entropy_coef=0.01)  # the last case above
@@ -311,6 +328,12 @@ def test_one_train_step_matches_the_single_process_learner(res):
         assert res[f"step_metric_diff/{key}"] < ATOL, key
     assert res["step_param_moved"] > 1e-3
     assert res["step_param_diff"] < ATOL
+
+
+def test_rows_without_advantage_are_skipped_on_every_rank(res):
+    assert res["inert/rows/rank0"] == 4.0 and res["inert/rows/rank1"] == 0.0  # rank 1: filler passes only
+    assert res["inert/loss_abs"] > 1e-3
+    assert res["inert/loss_diff"] < ATOL and res["inert/metric_diff"] < ATOL and res["inert/grad_diff"] < ATOL
 
 
 def test_checkpointing_deferred_sync_and_bf16_compute(res):
