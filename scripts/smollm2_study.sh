@@ -2,7 +2,9 @@
 # GRPO and SDAR on the real SmolLM2-135M-Instruct (docs/results/smollm2_testbed.md), from the warm start of
 # `sdar sft --config configs/sft/smollm2_testbed.yaml`: GRPO with 3 seeds against the warm start itself (row vanilla:
 # the same panel and sampling seeds), SDAR beside it with seed 0 (SDAR_SEEDS="0 1 2" adds the others). On one thread
-# each SDAR run takes ~50 min and each GRPO run ~41; the default study took 97 min on 2 cores. Two lanes, one CPU
+# each GRPO run took ~46 min (without activation checkpointing, which the preset now turns on), a warm-start
+# evaluation ~7.5 min and an SDAR step ~5.5 min (~95 min a run); lane a ends after ~115 min, lane b (SDAR) after
+# ~140. The study in docs/results/smollm2_testbed.md stopped SDAR after 7 steps. Two lanes, one CPU
 # thread each. Every part is `sdar compare`, so running the script again resumes; the last line only reads the
 # finished runs back and writes the table.
 #   bash scripts/smollm2_study.sh            (OUT=runs/smollm2_study by default)
