@@ -215,7 +215,6 @@ learner.save_sharded(folder)
 """
 
 
-
 @pytest.mark.parametrize(("point", "shift"), [("writing", 0.0), ("after_swap", 1.0)])
 def test_a_killed_sharded_save_keeps_a_loadable_folder(tmp_path: Path, point: str, shift: float) -> None:
     import torch

@@ -298,7 +298,6 @@ def _worker(rank: int, port: int, out: str) -> None:
     os._exit(0)
 
 
-
 @pytest.fixture(scope="module")
 def res(tmp_path_factory) -> dict[str, float]:
     out = tmp_path_factory.mktemp("fsdp")

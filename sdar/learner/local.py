@@ -477,11 +477,12 @@ class PolicyLearner:
         counts: dict[str, Any],
         with_entropy: bool,
         sums: dict[str, Tensor],
-        is_weights: Tensor | None = None,
-        metric_tokens: int | None = None,
+        *,
+        is_weights: Tensor | None,
+        metric_tokens: int,
     ) -> None:
         """One micro-batch: forward, objective with the optimizer batch's counts, backward, metrics into ``sums``
-        (token means weighted by this micro-batch's share of ``metric_tokens``, default the global tokens)."""
+        (token means weighted by this micro-batch's share of ``metric_tokens``, the trained rows' tokens)."""
         device = self.device
         lp, ent = self._score("policy", mb, with_entropy=with_entropy)  # [R]
         idx = torch.as_tensor(mb.row_ids, dtype=torch.long)
@@ -508,7 +509,7 @@ class PolicyLearner:
             **counts,
         )
         out.loss.backward()
-        share = mask.sum() / max(counts["global_tokens"] if metric_tokens is None else metric_tokens, 1)
+        share = mask.sum() / max(metric_tokens, 1)
         for key, value in out.metrics.items():
             value = value.detach().float()
             contribution = value if is_additive(key) else value * share

@@ -200,7 +200,7 @@ def bucket_rows(rows: Sequence[Row], *, max_tokens: int, pass_cost: int = PASS_C
     order = _by_length_desc(rows, lengths)
     width = [lengths[i] for i in order]  # non-increasing: the first row of a group sets its width
     n = len(order)
-    best = [0] + [0] * n  # best[j]: least cost of the first j rows
+    best = [0] * (n + 1)  # best[j]: least cost of the first j rows
     start = [0] * (n + 1)  # start[j]: where the last group of that best split begins
     for j in range(1, n + 1):
         best[j], start[j] = best[j - 1] + width[j - 1] + pass_cost, j - 1  # row j - 1 alone
