@@ -415,3 +415,35 @@ def test_every_sft_preset_loads() -> None:
     for path in presets:
         cfg = load_config(path)
         assert cfg.sft.num_tasks >= 1, path
+
+
+def test_run_sft_reads_the_environment_data_folder_and_settings(tmp_path, monkeypatch) -> None:
+    """env.data_dir (generated ALFWorld games, a saved catalogue), env.win_reward and env.retriever_url reach the
+    environments and tasks the warm start plays, as in an RL run."""
+    from sdar.envs import registry
+
+    seen: dict[str, dict] = {}
+
+    class Stop(Exception):
+        pass
+
+    def factory(name, **kwargs):
+        seen["factory"] = {"name": name, **kwargs}
+        return lambda: None
+
+    def tasks(name, **kwargs):
+        seen["tasks"] = {"name": name, **kwargs}
+        raise Stop
+
+    monkeypatch.setattr(registry, "make_env_factory", factory)
+    monkeypatch.setattr(registry, "make_task_source", tasks)
+    cfg = dataclasses.replace(RunConfig(), model=ModelConfig(name="tiny-random"),
+                              env=EnvConfig(name="alfworld", max_turns=7, data_dir=str(tmp_path / "games"),
+                                            win_reward=3.0, task_types=("look_at_obj_in_light",)),
+                              sft=SFTConfig(expert="plan", num_tasks=1, eval_tasks=0, out_dir=str(tmp_path / "out")))
+    with pytest.raises(Stop):
+        run_sft(cfg)
+    assert seen["factory"] == {"name": "alfworld", "max_turns": 7, "win_reward": 3.0,
+                               "data_dir": str(tmp_path / "games"), "retriever_url": None}
+    assert seen["tasks"] == {"name": "alfworld", "data_dir": str(tmp_path / "games"),
+                             "task_types": ("look_at_obj_in_light",)}

@@ -471,8 +471,9 @@ def run_sft(cfg: RunConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     if s.num_threads > 0:
         torch.set_num_threads(s.num_threads)
-    make_env = make_env_factory(env.name, max_turns=env.max_turns)
-    source = make_task_source(env.name, task_types=env.task_types)
+    make_env = make_env_factory(env.name, max_turns=env.max_turns, win_reward=env.win_reward, data_dir=env.data_dir,
+                                retriever_url=env.retriever_url)
+    source = make_task_source(env.name, data_dir=env.data_dir, task_types=env.task_types)
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, dtype="float32")
     device = next(model.parameters()).device
