@@ -169,6 +169,27 @@ def trl_side(model: Any, prompts, privileged, responses, *, out_dir: str):
     return step
 
 
+def forward_flops(cfg: Any, row_lengths: list[int], head_positions: int) -> float:
+    """Model FLOPs of one forward over rows of these lengths: the decoder's matmuls (2 per weight per token), causal
+    attention (QK^T and AV over the lower triangle) and the LM head on ``head_positions`` positions."""
+    h, inter, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = h * cfg.num_key_value_heads // cfg.num_attention_heads
+    per_token = 2 * layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o; k, v; gate, up, down
+    attention = sum(2 * layers * h * n * (n + 1) for n in row_lengths)  # 2 matmuls x 2 FLOPs x n(n+1)/2 cells x h
+    return per_token * sum(row_lengths) + attention + 2 * h * vocab * head_positions
+
+
+def matmul_rate(h: int, inter: int, seconds: float = 1.0) -> float:
+    """FLOP/s of an fp32 [4096, h] @ [h, inter] matmul (the model's MLP shape) with the current threads, best of
+    repeated calls for about ``seconds``."""
+    a, b = torch.randn(4096, h), torch.randn(h, inter)
+    torch.mm(a, b)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        best = min(best, timed(lambda: torch.mm(a, b)))
+    return 2 * 4096 * h * inter / best
+
+
 def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f}s (min {min(values):.2f}, max {max(values):.2f})"
 
@@ -237,6 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [b / a for a, b in zip(sdar_total, trl_total)]
     out(f"\nTRL / sdar step time: median {statistics.median(ratios):.2f}x (per repetition: "
         f"{', '.join(f'{r:.2f}' for r in ratios)}; goal >= 1.5)\n")
+    # the work both sides must do, counted without padding or recomputation: the teacher forward, and the student
+    # forward + backward (3 forwards' FLOPs); the LM head runs on the response positions only
+    answer = sum(map(len, responses))
+    teacher_fwd = forward_flops(base.config, [len(c) + len(p) + len(r) for c, p, r in
+                                              zip(privileged, prompts, responses)], answer)
+    student_fwd = forward_flops(base.config, [len(p) + len(r) for p, r in zip(prompts, responses)], answer)
+    work = teacher_fwd + 3 * student_fwd
+    rate = matmul_rate(base.config.hidden_size, base.config.intermediate_size)
+    sdar_s, trl_s = statistics.median(sdar_total), statistics.median(trl_total)
+    out(f"model FLOPs of the step (teacher forward + 3 student forwards, no padding): {work / 1e9:.0f} GFLOP; "
+        f"fp32 matmul rate of this machine ({base.config.hidden_size}x{base.config.intermediate_size} GEMM, "
+        f"4096 rows): {rate / 1e9:.0f} GFLOP/s\n")
+    out(f"achieved: sdar {work / sdar_s / 1e9:.0f} GFLOP/s ({work / sdar_s / rate:.0%} of the matmul rate), "
+        f"TRL {work / trl_s / 1e9:.0f} GFLOP/s ({work / trl_s / rate:.0%}); a step at the full matmul rate would "
+        f"take {work / rate:.2f} s, TRL / that = {trl_s * rate / work:.2f}x (the most any implementation of this "
+        f"work could show here)\n")
     return 0
 
 
