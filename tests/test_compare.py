@@ -213,3 +213,50 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch):
     saved.write_text(saved.read_text().replace("  strategy: auto\n", ""))
     assert "strategy" not in saved.read_text()
     assert main(argv) == 0
+
+
+def test_evaluation_digest_ignores_training_only_settings():
+    import dataclasses
+
+    from sdar.commands.evaluate import config_digest, legacy_config_digest
+    from sdar.config import load_config
+
+    cfg = load_config(SMOKE)
+    same = [dataclasses.replace(cfg, total_steps=cfg.total_steps * 2, save_every=3, eval_every=7),
+            dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.5)),
+            dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, gradient_checkpointing=True))]
+    for other in same:
+        assert config_digest(other) == config_digest(cfg)
+        assert legacy_config_digest(other) != legacy_config_digest(cfg)  # the old digest took everything
+    different = [dataclasses.replace(cfg, eval_temperature=0.9), dataclasses.replace(cfg, eval_tasks=5),
+                 dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, max_new_tokens=3)),
+                 dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora_rank=4)),
+                 dataclasses.replace(cfg, seed=cfg.seed + 1)]
+    assert len({config_digest(c) for c in [cfg, *different]}) == 1 + len(different)
+
+
+def test_longer_study_reuses_the_base_model_evaluation(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    argv = ["--config", SMOKE, "--methods", "vanilla", "--seeds", "0", "--out", str(out), *FAST]
+    assert main(argv) == 0
+    saved = (out / "vanilla" / "seed0" / "eval.json").read_text()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the base model was evaluated again")
+
+    monkeypatch.setattr(compare, "evaluate_model", forbidden)
+    assert main(argv[:-2] + ["--log.sample_every", "0", "--total_steps", "5"]) == 0  # only the step count differs
+    with pytest.raises(AssertionError, match="evaluated again"):  # the sampling changed: evaluated again
+        main(argv[:-2] + ["--log.sample_every", "0", "--eval_temperature", "0.9"])
+    import json
+
+    from sdar.commands.evaluate import legacy_config_digest
+    from sdar.commands.evaluate import eval_config
+    from sdar.commands.evaluate import parse_overrides as parse
+
+    data = json.loads(saved)  # a result written by an earlier version carries the whole-config digest
+    _, overrides = parse(FAST, ())
+    (plan,) = plan_runs(SMOKE, ["vanilla"], [0], out, overrides)
+    data["config_digest"] = legacy_config_digest(eval_config(plan.cfg, out_dir=plan.eval_dir, eval_with_skills=False))
+    (out / "vanilla" / "seed0" / "eval.json").write_text(json.dumps(data))
+    assert main(argv) == 0

@@ -38,6 +38,7 @@ from sdar.commands.evaluate import (
     EvalResult,
     ci_note,
     config_digest,
+    legacy_config_digest,
     eval_config,
     evaluate_model,
     metrics_of,
@@ -241,7 +242,8 @@ def ensure_evaluated(plan: RunPlan) -> EvalResult:
     if cached.is_file():
         old = read_result(cached)
         same_ckpt = old.checkpoint == (str(ckpt) if ckpt is not None else None)
-        if same_ckpt and old.config_digest == config_digest(cfg) and old.seeds == (plan.seed,):
+        same_cfg = old.config_digest in (config_digest(cfg), legacy_config_digest(cfg))
+        if same_ckpt and same_cfg and old.seeds == (plan.seed,):
             log.info("%s: evaluated earlier, result reused", cached)
             return dataclasses.replace(old, label=plan.method)
     result = evaluate_model(cfg, checkpoint=ckpt, seeds=[plan.seed], label=plan.method)

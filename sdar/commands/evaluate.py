@@ -44,6 +44,7 @@ __all__ = [
     "EvalResult",
     "ci_note",
     "config_digest",
+    "legacy_config_digest",
     "episode_intervals",
     "eval_config",
     "evaluate_model",
@@ -270,8 +271,24 @@ def panel_hash(panel: Sequence[PanelEntry]) -> str:
     return hashlib.sha256(json.dumps([list(p) for p in panel]).encode()).hexdigest()[:16]
 
 
+TRAINING_ONLY = ("algo", "optim", "sft", "total_steps", "eval_every", "eval_at_start", "save_every",
+                 "keep_checkpoints", "resume", "model.gradient_checkpointing")
+"""Settings an evaluation of given weights does not read: they shape training only (the checkpoint identity covers
+what training did), so a longer run of the same study reuses its base-model evaluations."""
+
+
 def config_digest(cfg: RunConfig) -> str:
-    """A short digest of a configuration (what an evaluation depends on besides the weights and seeds)."""
+    """A short digest of what an evaluation depends on besides the weights and seeds: the configuration without
+    ``TRAINING_ONLY`` settings."""
+    data = yaml.safe_load(dump_yaml(cfg))
+    for key in TRAINING_ONLY:
+        section, _, name = key.rpartition(".")
+        (data[section] if section else data).pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def legacy_config_digest(cfg: RunConfig) -> str:
+    """The digest earlier versions wrote (the whole configuration), still accepted for results written by them."""
     return hashlib.sha256(dump_yaml(cfg).encode()).hexdigest()[:16]
 
 
