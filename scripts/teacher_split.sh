@@ -41,3 +41,13 @@ done
   --config configs/mini/alfworld_cpu.yaml --model.name runs/sft_smollm2_alfworld_plan --env.data-dir "$GAMES" \
   --algo.method sdar --teacher.source expert_plan --total-steps 1 --rollout.tasks-per-step 2 \
   --out-dir "$OUT/alfworld_plan_warm_expert_plan" > "$OUT/alfworld_plan_warm_expert_plan.log" 2>&1
+# the same again with an empty think block (as the built-in game's warm start): the action tokens carry the choice
+[ -f runs/sft_smollm2_alfworld_plan_noreason/config.json ] || \
+  $SDAR sft --config configs/sft/smollm2_alfworld.yaml --env.data-dir "$GAMES" --sft.privileged-fraction 0.5 \
+    --teacher.source expert_plan --sft.eval-privileged --sft.eval-tasks 4 --sft.no-reasoning \
+    --sft.out-dir runs/sft_smollm2_alfworld_plan_noreason
+[ -f "$OUT/alfworld_plan_noreason_expert_plan/metrics.jsonl" ] || "${timer[@]}" $SDAR train \
+  --config configs/mini/alfworld_cpu.yaml --model.name runs/sft_smollm2_alfworld_plan_noreason \
+  --env.data-dir "$GAMES" --algo.method sdar --teacher.source expert_plan --total-steps 1 \
+  --rollout.tasks-per-step 2 --out-dir "$OUT/alfworld_plan_noreason_expert_plan" \
+  > "$OUT/alfworld_plan_noreason_expert_plan.log" 2>&1
