@@ -135,10 +135,10 @@ def kl_penalty(
         return 0.5 * (logprobs - ref).square()
     if estimator == "k3":
         x = ref - logprobs
-        return torch.exp(x) - x - 1.0
+        return torch.expm1(x) - x  # = e^x - x - 1, without fp32 rounding below 0 near x = 0
     if estimator == "low_var_kl":
         x = (ref - logprobs).clamp(-log_ratio_clamp, log_ratio_clamp)
-        return (torch.exp(x) - x - 1.0).clamp(-clamp, clamp)
+        return (torch.expm1(x) - x).clamp(-clamp, clamp)
     raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {list(KL_ESTIMATORS)}")
 
 
