@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "step_model.py"
-
+from bench_module import load_bench
 
 @pytest.fixture(scope="module")
 def model():
-    spec = importlib.util.spec_from_file_location("step_model", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_model"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("step_model")
 
 
 def test_the_reference_runs_own_utilisation_gives_back_its_no_grad_and_update_stages(model):

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "vs_trl_sdpo.py"
-
+from bench_module import load_bench
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("vs_trl_sdpo", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vs_trl_sdpo"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("vs_trl_sdpo")
 
 
 def test_forward_flops_by_hand(bench):
