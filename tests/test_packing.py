@@ -78,8 +78,8 @@ def test_bucketed_groups_padding_and_mask_by_hand():
     assert [mb.row_ids for mb in mbs] == [(0, 1)]
     mb = mbs[0]
     assert mb.input_ids.tolist() == [[0, 1, 50], [100, 150, 0]]
-    assert mb.attention_mask.tolist() == [[True, True, True], [True, True, False]]
-    assert mb.position_ids.tolist() == [[0, 1, 2], [0, 1, 0]]
+    assert mb.attention_mask is None  # right padding: causal attention keeps real tokens off it
+    assert mb.position_ids.tolist() == [[0, 1, 2], [0, 1, 2]]  # no restart: not read as packed rows
     # flat [2 * 3] positions: row 0's 50 is predicted by flat 1; row 1's 150 by flat 3 (row 1 starts at 3)
     assert mb.pred_index.tolist() == [1, 3]
     assert padding_ratio(mbs) == pytest.approx(1 / 6)
@@ -174,3 +174,27 @@ def test_layouts_match_one_row_at_a_time(attn: str, layout: str):
     assert len(mbs) > 1 and max(len(mb.row_ids) for mb in mbs) > 1  # several rows share a micro-batch
     got = score_micro_batches(model, mbs, len(rows), width)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_bucketed_rows_run_sdpa_causal_kernel_without_a_mask(monkeypatch):
+    # a padded bucket must reach sdpa as is_causal=True with no mask tensor (the kernel that skips the upper
+    # triangle); a 2-D padding mask would make transformers build a [B, 1, L, L] mask and call it with is_causal=False
+    import torch.nn.functional as F
+
+    model = tiny_model(VOCAB)
+    model.set_attn_implementation("sdpa")
+    rows = rows_of_lengths([(5, 2), (2, 1)])  # lengths 7 and 3: row 1 padded by 4
+    (mb,) = bucket_rows(rows, max_tokens=64)
+    assert mb.padding_tokens == 4
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    score_micro_batches(model, [mb], 2, 2)
+    assert calls, "sdpa was not called"
+    assert all(mask is None and causal for mask, causal in calls)

@@ -10,8 +10,11 @@ once and to put each response token's log-prob back at its ``[N, A]`` position:
   must be called with ``use_cache=False``: with a cache object the packed-sequence detection is switched off and
   rows leak into each other.
 - ``bucketed``: rows are sorted by length, split into the consecutive groups that waste the fewest slots (padding
-  plus a fixed cost per pass), and right-padded to the longest row of their micro-batch, with a 2-D
-  ``attention_mask`` (True = real token).
+  plus a fixed cost per pass), and right-padded to the longest row of their micro-batch. No attention mask: under
+  causal attention a real token only sees the tokens before it, never the padding after it, so plain causal
+  attention gives every real position exactly what a padding mask would. Without a mask tensor transformers hands
+  sdpa ``is_causal=True`` (its causal kernel skips the upper triangle: about half the attention work of a masked
+  call), and position ids simply count on through the padding (no restart, so no packed-sequence detection).
 
 Pure functions of token ids; no model, no device.
 """
@@ -41,9 +44,10 @@ class PackedMicroBatch:
     input_ids: Tensor
     """[B, L] long. B = 1 for the packed layout."""
     position_ids: Tensor
-    """[B, L] long. Restart at 0 for every row (0 on padding)."""
+    """[B, L] long. Packed: restart at 0 for every row. Bucketed: ``0 .. L - 1`` on every row (padding included)."""
     attention_mask: Tensor | None
-    """[B, L] bool (True = real token) for the bucketed layout; None for the packed layout."""
+    """Always None: packed rows are told apart by their position restarts, bucketed rows are right-padded (see the
+    module docstring). Kept so a caller can pass ``attention_mask=mb.attention_mask`` to any model."""
     row_ids: tuple[int, ...]
     """Indices (into the input row list) of the rows in this micro-batch, in layout order."""
     pred_index: Tensor
@@ -102,12 +106,11 @@ def _build(rows: Sequence[Row], groups: Sequence[Sequence[int]], *, packed: bool
             starts = [sum(lengths[:k]) for k in range(len(group))]
         else:
             width = max(lengths)
-            input_ids = torch.zeros(len(group), width, dtype=torch.long)  # [B, L]
-            attention_mask = torch.zeros(len(group), width, dtype=torch.bool)  # [B, L]
+            input_ids = torch.zeros(len(group), width, dtype=torch.long)  # [B, L] right-padded
             for k, s in enumerate(seqs):
                 input_ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
-                attention_mask[k, : len(s)] = True
-            position_ids = torch.arange(width).expand(len(group), width) * attention_mask  # [B, L]
+            attention_mask = None  # right padding: causal attention alone keeps real tokens off the padding
+            position_ids = torch.arange(width).expand(len(group), width)  # [B, L]
             starts = [k * width for k in range(len(group))]
         pred, tgt, drow, dcol = [], [], [], []
         for k, i in enumerate(group):
