@@ -207,6 +207,18 @@ def test_next_expert_action_needs_a_plan() -> None:
         next_expert_action(EnvInfo(task_id="t", privileged={"expert_plan": ""}))
 
 
+def test_expert_fallback_to_help_is_redrawn_among_the_listed_commands() -> None:
+    # the hand-coded expert's random fallback can draw the engine's hidden 'help'; the redraw picks a listed command
+    admissible = ["help", "go to desk 1", "look", "inventory"]
+    picks = {_engine.playable_plan(["help"], admissible, random.Random(k))[0] for k in range(50)}
+    assert picks == {"go to desk 1", "look", "inventory"}
+    assert _engine.playable_plan(["help"], admissible, random.Random(1)) == _engine.playable_plan(
+        ["help"], admissible, random.Random(1))  # seeded: the same redraw every time
+    assert _engine.playable_plan(["look", "help"], admissible, random.Random(0)) == ["look", "help"]  # not leading
+    assert _engine.playable_plan([], admissible, random.Random(0)) == []
+    assert _engine.playable_plan(["help"], ["help"], random.Random(0)) == []  # nothing else to do: no plan
+
+
 # ----- data folders and splits ------------------------------------------------------------------------------
 def official_layout(root: Path, game: Path) -> Path:
     """An ALFWorld-style json_2.1.1 tree built from one generated game folder (plus folders that must be skipped)."""

@@ -145,6 +145,20 @@ def _expert_view(command: str) -> str:
     return "put " + command[len("move "):] if command.startswith("move ") else command
 
 
+def playable_plan(plan: list[str], admissible: list[str], rng: random.Random) -> list[str]:
+    """The expert's plan with a leading ``help`` replaced by another admissible command (drawn with ``rng``).
+
+    When the hand-coded expert would repeat its last action it falls back to a random admissible command, and the
+    engine's list includes ``help``, which the environment hides from the agent (it shows the commands and changes
+    nothing). An expert that proposes it would end its demonstration episode; the redraw keeps it going, as the
+    fallback means to. Other plans are returned unchanged.
+    """
+    if not plan or plan[0] != "help":
+        return plan
+    others = [c for c in admissible if c != "help"]
+    return [rng.choice(others)] if others else []
+
+
 @functools.lru_cache(maxsize=1)
 def _seeded_expert_class() -> type:
     """ALFWorld's ``AlfredExpert`` made deterministic and fault-tolerant (built lazily: it needs the engine)."""
@@ -167,6 +181,9 @@ def _seeded_expert_class() -> type:
             self.prev_command = _expert_view(command)
             try:
                 super()._gather_infos()
+                self.state["extra.expert_plan"] = playable_plan(
+                    list(self.state.get("extra.expert_plan") or []), list(self.state.get("admissible_commands") or []),
+                    random.Random(f"alfworld-expert-help|{self.episode_seed}|{self.turn}"))
             except Exception as exc:  # noqa: BLE001 - the expert is advisory; the game must go on
                 logger.warning("the ALFWorld expert failed on %s: %r", self.gamefile, exc)
                 self.state["extra.expert_plan"] = []
