@@ -158,7 +158,6 @@ def update_benchmarks(model: Any, args: argparse.Namespace, timer: Timer, out: C
     med, times, _ = timer(lambda: learner.logprobs(batch))
     out(f"logprob pass: {med * 1e3:9.1f} ms  (no grad, {n * args.row_len / med:10.0f} tokens/s, peak "
         f"{peak_gib(device):6.2f} GiB); logprob pass / sdar update: {med / results['sdar']:.2f}\n")
-    del learner
 
 
 def rollout_benchmarks(model: Any, args: argparse.Namespace, timer: Timer, out: Callable[[str], Any]) -> None:

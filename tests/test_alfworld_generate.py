@@ -91,7 +91,7 @@ def test_game_files_follow_the_alfworld_layout(train_dir, train_games) -> None:
         if game.task_type == "look_at_obj_in_light":
             assert params["parent_target"] == "" and params["toggle_target"] in _scenes.LAMP_TYPES
         else:
-            assert params["toggle_target"] == "" and f"(receptacleType" in problem
+            assert params["toggle_target"] == "" and "(receptacleType" in problem
     leftovers = [p for p in (train_dir / "train").iterdir() if p.name.startswith(".")]
     assert leftovers == []
     assert [t.task_id for t in AlfWorldTaskSource(train_dir).tasks("train")] == sorted(g.game_id for g in train_games)
