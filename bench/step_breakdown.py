@@ -9,7 +9,9 @@ pass over the old rows and the teacher rows together + reference pass + update w
 takes the old log-probs from the sampler (exact when the generator is the training model) and scores only the
 teacher rows. Goals: the SDAR step costs at most one extra forward over the teacher rows
 (sdar_total - grpo_total <= teacher_forward), and with rollout log-probs it needs no more passes than a GRPO step
-that recomputes old log-probs (the reference code's old, reference, update).
+that recomputes old log-probs (the reference code's old, reference, update). "grpo_tpass" runs SDAR's passes with
+GRPO's objective: the difference between its update and SDAR's is the SDAR term's own cost, the rest of an SDAR
+update's excess over GRPO's comes from running after a bigger no-grad pass (allocator and cache state).
 Peak memory is the process's maximum resident set (CPU) or the CUDA allocator's peak.
 """
 
@@ -100,6 +102,16 @@ def main(argv=None) -> int:
         _, t["update"] = timed(lambda: learner.train_step(b, spec=sdar, ref_logprobs=ref, teacher_logprobs=tea))
         return t
 
+    def grpo_teacher_pass_step():
+        # SDAR's passes (the teacher rows scored beside the old ones) with GRPO's objective: an update slower than
+        # GRPO's here comes from running after the bigger pass, not from the SDAR term
+        t = {}
+        (old, _), t["old+teacher_logprobs"] = timed(lambda: learner.logprobs_many([batch, teacher]))
+        (ref, _), t["reference"] = timed(lambda: learner.logprobs(batch, model="reference"))
+        b = batch.with_old_logprobs(old)
+        _, t["update"] = timed(lambda: learner.train_step(b, spec=grpo, ref_logprobs=ref, teacher_logprobs=None))
+        return t
+
     def sdar_rollout_step():
         # old log-probs taken from the sampler (exact when it shares the training model): only the teacher is scored
         t = {}
@@ -113,8 +125,8 @@ def main(argv=None) -> int:
 
     best: dict[str, dict[str, float]] = {}
     for rep in range(args.repeats + 1):  # interleaved so both see the same machine state
-        for name, fn in (("grpo", grpo_step), ("sdar", sdar_step), ("sdar_rollout", sdar_rollout_step),
-                         ("teacher", teacher_forward)):
+        for name, fn in (("grpo", grpo_step), ("sdar", sdar_step), ("grpo_tpass", grpo_teacher_pass_step),
+                         ("sdar_rollout", sdar_rollout_step), ("teacher", teacher_forward)):
             t = fn()
             if rep == 0:
                 continue  # warm-up
@@ -128,13 +140,16 @@ def main(argv=None) -> int:
                      + f"\nbatch: {args.rows} rows x ({args.prompt_len} prompt + {args.response_len} response) tokens, "
                      f"teacher prompts +{args.privileged_len} tokens, micro-batch {args.micro_batch_tokens} tokens, "
                      f"{args.dtype}, layout {args.layout}, grad-ckpt {args.gradient_checkpointing}\n\n")
-    for name in ("grpo", "sdar", "sdar_rollout"):
+    for name in ("grpo", "sdar", "grpo_tpass", "sdar_rollout"):
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in best[name].items())
         sys.stdout.write(f"{name:12s} step {sum(best[name].values()):7.2f}s  ({stages})\n")
     g, s, tf = sum(best["grpo"].values()), sum(best["sdar"].values()), best["teacher"]["teacher_forward"]
     sys.stdout.write(f"\nsdar / grpo step time          : {s / g:.3f}\n")
     sys.stdout.write(f"extra seconds of the sdar step  : {s - g:.2f}s vs one teacher forward {tf:.2f}s "
                      f"(ratio {(s - g) / tf:.2f}; goal <= 1)\n")
+    u_g, u_s, u_t = (best[k]["update"] for k in ("grpo", "sdar", "grpo_tpass"))
+    sys.stdout.write(f"update: sdar {u_s:.2f}s, grpo {u_g:.2f}s, grpo after sdar's passes {u_t:.2f}s "
+                     f"(sdar - grpo_tpass = {u_s - u_t:+.2f}s: the SDAR term's own cost)\n")
     r = sum(best["sdar_rollout"].values())
     sys.stdout.write(f"sdar (rollout old log-probs) / grpo (recomputed old log-probs, as the reference code): "
                      f"{r / g:.3f}  (same passes: one no-grad pass, reference, update)\n")
