@@ -94,22 +94,15 @@ def main(argv=None) -> int:
         _, t["update"] = timed(lambda: learner.train_step(b, spec=grpo, ref_logprobs=ref, teacher_logprobs=None))
         return t
 
-    def sdar_step():
+    def sdar_passes_step(spec):
+        # SDAR's passes (the teacher rows scored beside the old ones), then an update with ``spec``: with GRPO's
+        # objective ("grpo_tpass") an update slower than GRPO's comes from running after the bigger pass
         t = {}
         (old, tea), t["old+teacher_logprobs"] = timed(lambda: learner.logprobs_many([batch, teacher]))
         (ref, _), t["reference"] = timed(lambda: learner.logprobs(batch, model="reference"))
         b = batch.with_old_logprobs(old)
-        _, t["update"] = timed(lambda: learner.train_step(b, spec=sdar, ref_logprobs=ref, teacher_logprobs=tea))
-        return t
-
-    def grpo_teacher_pass_step():
-        # SDAR's passes (the teacher rows scored beside the old ones) with GRPO's objective: an update slower than
-        # GRPO's here comes from running after the bigger pass, not from the SDAR term
-        t = {}
-        (old, _), t["old+teacher_logprobs"] = timed(lambda: learner.logprobs_many([batch, teacher]))
-        (ref, _), t["reference"] = timed(lambda: learner.logprobs(batch, model="reference"))
-        b = batch.with_old_logprobs(old)
-        _, t["update"] = timed(lambda: learner.train_step(b, spec=grpo, ref_logprobs=ref, teacher_logprobs=None))
+        tea = tea if spec.uses_aux else None
+        _, t["update"] = timed(lambda: learner.train_step(b, spec=spec, ref_logprobs=ref, teacher_logprobs=tea))
         return t
 
     def sdar_rollout_step():
@@ -125,7 +118,8 @@ def main(argv=None) -> int:
 
     best: dict[str, dict[str, float]] = {}
     for rep in range(args.repeats + 1):  # interleaved so both see the same machine state
-        for name, fn in (("grpo", grpo_step), ("sdar", sdar_step), ("grpo_tpass", grpo_teacher_pass_step),
+        for name, fn in (("grpo", grpo_step), ("sdar", lambda: sdar_passes_step(sdar)),
+                         ("grpo_tpass", lambda: sdar_passes_step(grpo)),
                          ("sdar_rollout", sdar_rollout_step), ("teacher", teacher_forward)):
             t = fn()
             if rep == 0:
