@@ -39,6 +39,8 @@ from typing import Any, Sequence
 
 import torch
 
+from flops import forward_flops
+
 Row = tuple[tuple[int, ...], tuple[int, ...]]
 
 
@@ -121,14 +123,10 @@ def score(model: Any, mb: Any) -> torch.Tensor:
 
 
 def model_flops(cfg: Any, shapes: Sequence[tuple[int, int]], head_positions: int) -> float:
-    """Model FLOPs of one forward over micro-batches of ``(rows, width)`` each (padded slots included): the decoder's
-    matmuls (2 per weight per slot), causal attention over each row's width (QK^T and AV over the lower triangle)
-    and the LM head on the ``head_positions`` scored positions (the same in every layout). A backward costs about
-    twice its forward, so the update's ratios between layouts are the same."""
-    h, inter, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    kv = h * cfg.num_key_value_heads // cfg.num_attention_heads
-    per_slot = 2 * layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o; k, v; gate, up, down
-    return sum(b * (per_slot * w + 2 * layers * h * w * (w + 1)) for b, w in shapes) + 2 * h * vocab * head_positions
+    """Model FLOPs of one forward over micro-batches of ``(rows, width)`` each, padded slots included (every row of a
+    micro-batch costs its width), plus the LM head on the ``head_positions`` scored positions (the same in every
+    layout). A backward costs about twice its forward, so the update's ratios between layouts are the same."""
+    return sum(forward_flops(cfg, [w] * b, 0) for b, w in shapes) + forward_flops(cfg, [], head_positions)
 
 
 def logprob_pass(model: Any, micro: list[tuple[Any, int]], n: int, width: int) -> torch.Tensor:

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from flops import forward_flops  # bench/flops.py
+
 _MISSING_TRL = (
     "bench/vs_trl_sdpo.py needs trl 1.16.0 (trl.experimental.sdpo), which is not installed. Install the bench "
     "extra, best in a separate virtual environment: pip install -e '.[bench]'"
@@ -167,16 +169,6 @@ def trl_side(model: Any, prompts, privileged, responses, *, out_dir: str):
         return {"step": timed(run)}
 
     return step
-
-
-def forward_flops(cfg: Any, row_lengths: list[int], head_positions: int) -> float:
-    """Model FLOPs of one forward over rows of these lengths: the decoder's matmuls (2 per weight per token), causal
-    attention (QK^T and AV over the lower triangle) and the LM head on ``head_positions`` positions."""
-    h, inter, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    kv = h * cfg.num_key_value_heads // cfg.num_attention_heads
-    per_token = 2 * layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o; k, v; gate, up, down
-    attention = sum(2 * layers * h * n * (n + 1) for n in row_lengths)  # 2 matmuls x 2 FLOPs x n(n+1)/2 cells x h
-    return per_token * sum(row_lengths) + attention + 2 * h * vocab * head_positions
 
 
 def matmul_rate(h: int, inter: int, seconds: float = 1.0) -> float:
