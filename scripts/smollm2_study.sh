@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GRPO and SDAR on the real SmolLM2-135M-Instruct (docs/results/smollm2_testbed.md), from the warm start of
 # `sdar sft --config configs/sft/smollm2_testbed.yaml`: GRPO with 3 seeds against the warm start itself (row vanilla:
-# the same panel and sampling seeds); SDAR_SEEDS="0" (or "0 1 2") adds SDAR beside it. On one quiet thread a GRPO
-# step takes ~140 s (a 32-step run with its evaluation ~82 min), a warm-start evaluation ~7.5 min and an SDAR step
-# ~5.5 min (~3 h for 32 steps). Two lanes, one CPU thread each; one lane runs two GRPO seeds: ~2 h 45 min. Every part is
-# `sdar compare`, so running the script again resumes; the table lines only read the finished runs back.
+# the same panel and sampling seeds); SDAR_SEEDS="0" (or "0 1 2") adds SDAR beside it. Three lanes, one CPU thread
+# and one seed each (GRPO, then the warm start's evaluation on the same sampling seed, then SDAR when asked): the
+# lanes carry equal work and end together, where two lanes left one of them with two runs. On 2 cores the three
+# lanes share the cores. Every part is `sdar compare`, so running the script again resumes; the table lines only
+# read the finished runs back.
 #   bash scripts/smollm2_study.sh            (OUT=runs/smollm2_study by default)
 #   STEPS=16 bash scripts/smollm2_study.sh   (the shorter study; a longer one later extends these runs, not redoes them)
 # EXTRA adds overrides to every part, e.g. EXTRA="--model.gradient_checkpointing false" to extend runs trained
@@ -26,9 +27,11 @@ part() {  # part METHOD SEED; /usr/bin/time records each part's peak resident me
 start=$(date +%s)
 SDAR_SEEDS=${SDAR_SEEDS:-}
 sdar_seed() { if [[ " $SDAR_SEEDS " == *" $1 "* ]]; then part sdar "$1"; fi; }
-( part grpo 0; part vanilla 0; part vanilla 1; part vanilla 2; sdar_seed 1 ) & a=$!
-( part grpo 2; part grpo 1; sdar_seed 0; sdar_seed 2 ) & b=$!
-wait $a; wait $b
+lanes=()
+for seed in 0 1 2; do
+  ( part grpo "$seed"; part vanilla "$seed"; sdar_seed "$seed" ) & lanes+=($!)
+done
+for lane in "${lanes[@]}"; do wait "$lane"; done
 echo "runs finished in $(( ($(date +%s) - start) / 60 )) min"
 # the tables: GRPO against the warm start (paired by seed), then SDAR beside GRPO on SDAR's seeds
 $SDAR compare --config "$PRESET" --methods vanilla grpo --seeds 0 1 2 --out "$OUT" --baseline vanilla \

@@ -123,6 +123,9 @@ class RolloutConfig:
     masked out."""
     batch_size: int = 64
     """Prompts per generation call."""
+    merge_lora: bool = True
+    """With LoRA, fp32 weights and the hf backend: sample from merged weights (W + scaling·B·A, one copy of the
+    adapted weights alive during the rollout) instead of running the adapter branches; false saves that memory."""
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def build_envs(name: str, *, max_turns: int, win_reward: float | None, data_dir:
 
 def build(cfg: RunConfig) -> Parts:
     """Load the model, tokenizer and everything else named by ``cfg``."""
-    from sdar.learner.lora import AdapterOffReference, apply_lora, inner_model
+    from sdar.learner.lora import AdapterOffReference, apply_lora, inner_model, merged_for_sampling
     from sdar.models import load_model, load_tokenizer, resolve_dtype
     from sdar.rollout.backends import build_generator
 
@@ -229,11 +229,15 @@ def build(cfg: RunConfig) -> Parts:
 
         learner = LocalLearner(model, **learner_kwargs)
     policy = inner_model(learner.policy_module)
+    # fp32 LoRA weights: one matmul with W + s·B·A per projection instead of three; merged in bf16 the sampler would
+    # round the adapter's update into the weight and drift from the learner's log-probs
+    merge = cfg.model.lora_rank > 0 and cfg.rollout.merge_lora and plan.weight_dtype == torch.float32
     generator = build_generator(  # hf samples with the policy object (or FSDP's full copy); vllm holds a copy
         cfg.rollout.backend, rollout_copy if rollout_copy is not None else policy, tokenizer,
         batch_size=cfg.rollout.batch_size, autocast_dtype=autocast, model_name=cfg.model.name,
         model_dtype=cfg.model.dtype, seed=cfg.seed,
-        max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)
+        max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        sampling_view=merged_for_sampling if merge else None)
     shared = hf and rollout_copy is None  # an HFGenerator over the training model itself
     engine_dtype = None if hf else resolve_dtype(cfg.model.dtype)  # the vLLM engine's weights
     correction = resolve_correction(cfg.algo.mismatch_correction, generator_is_policy=shared)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdar.rollout.generator import Sample, SamplingParams
-from sdar.rollout.hf import HFGenerator, eos_token_ids, truncated_logits
+from sdar.rollout.hf import HFGenerator, eos_token_ids, truncated_logits, unique_prompts
 from sdar.tiny import byte_tokenizer, tiny_model
 
 
@@ -183,6 +183,48 @@ def test_one_sample_per_prompt_in_order_across_chunks(model, tok):
     assert [s.token_ids for s in chunked] == [s.token_ids for s in whole]
     for i, p in enumerate(prompts):  # each matches its own single-prompt run
         assert chunked[i].token_ids == HFGenerator(model, tok).generate([p], params)[0].token_ids
+
+
+def test_unique_prompts_by_hand():
+    unique, of_row = unique_prompts([[1, 2], [3], [1, 2], (3,), [1, 2, 0]])
+    assert unique == [(1, 2), (3,), (1, 2, 0)]
+    assert of_row == [0, 1, 0, 1, 2]
+
+
+class CountingRows(torch.nn.Module):
+    """The tiny model, recording the batch size of every forward call."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
+        self.rows: list[int] = []
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, cache=None, **kwargs):
+        self.rows.append(input_ids.shape[0])
+        return self.inner(input_ids=input_ids, cache=cache, **kwargs)
+
+
+def test_identical_prompts_are_prefilled_once_and_sample_on_their_own(model, tok):
+    a, b = ids(tok, "the same first turn"), ids(tok, "another task, longer than the first")
+    prompts = [a, b, a, a, b, a]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5)
+    counting = CountingRows(model)
+    deduped = HFGenerator(counting, tok).generate(prompts, params)
+    assert counting.rows[0] == 2 and counting.rows[1] == 6  # two distinct prompts prefilled, six rows decoded
+    assert len({s.token_ids for s, p in zip(deduped, prompts) if p == a}) > 1  # the copies are independent rows
+    for p, s in zip(prompts, deduped):
+        torch.testing.assert_close(torch.tensor(s.logprobs), teacher_forced_logprobs(model, p, s.token_ids),
+                                   atol=1e-4, rtol=0)
+    # the same call with every prompt prefilled on its own row samples the same tokens
+    counting.rows.clear()
+    plain = HFGenerator(counting, tok, share_prompts=False).generate(prompts, params)
+    assert counting.rows[0] == 6
+    assert [s.token_ids for s in plain] == [s.token_ids for s in deduped]
+    torch.testing.assert_close(torch.tensor([lp for s in plain for lp in s.logprobs]),
+                               torch.tensor([lp for s in deduped for lp in s.logprobs]), atol=1e-5, rtol=0)
 
 
 def test_stop_string_ends_row_after_completing_token(model, tok):

@@ -15,6 +15,7 @@ from sdar.learner.lora import (
     apply_lora,
     inner_model,
     is_lora_model,
+    merged_for_sampling,
     merged_state_dict,
     merged_weights,
 )
@@ -218,6 +219,62 @@ def test_separate_generator_loading_merged_weights_samples_like_the_policy(train
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
 
 
+def test_merged_for_sampling_computes_the_policy_with_one_matmul_and_restores_it(trained):
+    from peft.tuners.lora import LoraLayer
+
+    learner, _ = trained
+    model = inner_model(learner.model)
+    params_before = dict(model.named_parameters())
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    grad_before = {n: p.requires_grad for n, p in params_before.items()}
+    adapted = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    branch_calls: list[int] = []
+    hooks = [m.lora_A["default"].register_forward_hook(lambda *_: branch_calls.append(1)) for m in adapted]
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        calls_unmerged = len(branch_calls)
+        with merged_for_sampling(model) as n:
+            merged = model(input_ids=ids).logits
+        calls_merged = len(branch_calls) - calls_unmerged
+        after = model(input_ids=ids).logits
+    for h in hooks:
+        h.remove()
+    assert n == len(adapted) > 0 and calls_unmerged == len(adapted) and calls_merged == 0  # no adapter branch ran
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+    assert torch.equal(after, expected)
+    assert all(p is params_before[n] for n, p in model.named_parameters())  # the optimizer's tensors, untouched
+    assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grad_before
+    assert not any(m.disable_adapters for m in adapted)
+
+
+def test_merged_for_sampling_restores_on_error_and_leaves_disabled_or_plain_models_alone(trained):
+    learner, _ = trained
+    model = inner_model(learner.model)
+    before = {n: p for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with merged_for_sampling(model):
+            raise RuntimeError("boom")
+    assert all(p is before[n] for n, p in model.named_parameters())
+    with learner.model.disable_adapter(), merged_for_sampling(model) as n:
+        assert n == 0  # the adapter is off: nothing to merge
+    with merged_for_sampling(tiny_model(VOCAB)) as n:
+        assert n == 0
+
+
+def test_generator_with_merged_adapters_samples_like_the_adapter_branches(trained):
+    learner, _ = trained
+    policy = inner_model(learner.model)
+    prompts = [tuple(TOK(t, add_special_tokens=False)["input_ids"]) for t in ("open drawer", "ok", "look")]
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
+    merged = HFGenerator(policy, TOK, sampling_view=merged_for_sampling).generate(prompts, params)
+    branches = HFGenerator(policy, TOK).generate(prompts, params)
+    for a, b in zip(merged, branches):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
 def test_bad_lora_settings_are_rejected():
     with pytest.raises(ValueError, match="rank"):
         apply_lora(tiny_model(VOCAB), r=0, alpha=8)
@@ -250,6 +307,9 @@ def test_lora_run_trains_only_the_adapter_against_the_adapter_off_reference(tmp_
                                         "model.lora_rank": 4, "optim.lr": 1e-2})
     rt = build(cfg)
     assert isinstance(rt.learner.reference_model, AdapterOffReference)  # no deep copy of the model
+    assert rt.generator.sampling_view is merged_for_sampling  # fp32 weights: the sampler merges the adapters
+    assert build(load_config(smoke, overrides={"out_dir": str(tmp_path / "run2"), "model.lora_rank": 4,
+                                               "rollout.merge_lora": False})).generator.sampling_view is None
     assert rt.generator.model is inner_model(rt.learner.policy_module)
     base = load_model("tiny-random").state_dict()
     assert {n for n, _ in rt.learner.export_weights()} == set(base)  # plain names for a separate generator

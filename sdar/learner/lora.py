@@ -25,6 +25,7 @@ __all__ = [
     "apply_lora",
     "inner_model",
     "is_lora_model",
+    "merged_for_sampling",
     "merged_state_dict",
     "merged_weights",
 ]
@@ -176,6 +177,42 @@ class AdapterOffReference(nn.Module):
         """The base model's forward (same arguments and outputs as the wrapped transformers model)."""
         with self.scope():
             return inner_model(self.policy)(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def merged_for_sampling(model: nn.Module) -> Iterator[int]:
+    """Inside: every adapted linear of ``model`` computes one matmul with ``W + scaling * B @ A`` instead of ``W x``
+    plus the adapter's two small ones; outside, the model is exactly as before (the base weights are never touched).
+
+    For no-grad sampling: the adapter branches cost 13% of SmolLM2-135M's prefill on one CPU thread, and their
+    small kernels add a fixed cost to every decoding step. The price is one merged copy of each adapted weight,
+    alive until exit. A layer that is disabled, already merged, DoRA, or not over a plain ``nn.Linear`` is left as
+    it is. Works on the transformers model inside a peft model (:func:`inner_model`) or the peft model itself.
+
+    Yields:
+        How many layers compute with merged weights (0 for a model without adapters).
+    """
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    swapped: list[tuple[nn.Module, nn.Parameter]] = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.base_layer
+                active = [a for a in layer.active_adapters if a in layer.lora_A]
+                if (not active or layer.merged or layer.disable_adapters or type(base) is not nn.Linear
+                        or any(layer.use_dora.get(a, False) for a in active)):
+                    continue
+                weight = base.weight
+                delta = sum(layer.get_delta_weight(a) for a in active)
+                merged = nn.Parameter((weight + delta.to(weight.dtype)).detach(), requires_grad=False)
+                swapped.append((layer, weight))
+                base._parameters["weight"] = merged
+                layer._disable_adapters = True  # peft's forward then runs base_layer alone
+        yield len(swapped)
+    finally:
+        for layer, weight in swapped:
+            layer.base_layer._parameters["weight"] = weight
+            layer._disable_adapters = False
 
 
 @torch.no_grad()

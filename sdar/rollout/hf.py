@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +40,17 @@ def _cache_kwarg(model: Any) -> str:
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in names else "past_key_values"
+
+
+def unique_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct prompts in first-seen order, and for each prompt the index of its distinct prompt.
+
+    Episodes of one GRPO group start from the same state, so their first-turn prompts are identical (and stay so
+    while they act alike): the generator prefills each distinct prompt once and copies its cache rows.
+    """
+    index: dict[tuple[int, ...], int] = {}
+    of_row = [index.setdefault(tuple(p), len(index)) for p in prompts]
+    return list(index), of_row
 
 
 def truncated_logits(logits: Tensor, *, temperature: float, top_k: int, top_p: float) -> Tensor:
@@ -78,6 +89,7 @@ class HFGenerator:
     The loop is written out (left padding, one prefill, then one token per step through the KV cache) instead of
     calling ``model.generate``: the log-prob of each sampled token is taken from the very distribution it was drawn
     from, so ``Sample.logprobs`` equal teacher-forced log-probs of the same model (see ``truncated_logits``).
+    Identical prompts in one call are prefilled once (their cache rows are copied; each row then samples on its own).
     Rows that finish leave the batch (their cache rows are dropped).
 
     By default the generator shares the training model object: updated weights are already in place, and
@@ -87,12 +99,18 @@ class HFGenerator:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, share_prompts: bool = True,
+                 sampling_view: Callable[[Any], ContextManager[Any]] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.autocast_dtype = autocast_dtype
         """Run the model under ``torch.autocast`` in this dtype (mixed precision: the learner's compute dtype)."""
+        self.sampling_view = sampling_view
+        """Entered around every ``generate`` call with the model (e.g. LoRA adapters merged into one weight copy for
+        the call: ``sdar.learner.lora.merged_for_sampling``); it must leave the model as it found it."""
+        self.share_prompts = share_prompts
+        """Prefill identical prompts of a call once (off: every row on its own, e.g. to measure the saving)."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -144,6 +162,8 @@ class HFGenerator:
         try:
             out: list[Sample] = []
             with contextlib.ExitStack() as stack:
+                if self.sampling_view is not None:
+                    stack.enter_context(self.sampling_view(self.model))
                 if self.autocast_dtype is not None:
                     stack.enter_context(torch.autocast(device_type=self._device.type, dtype=self.autocast_dtype))
                 for start in range(0, len(prompts), self.batch_size):
@@ -164,13 +184,17 @@ class HFGenerator:
 
         device = self._device
         b = len(prompts)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((b, width), self.pad_id, dtype=torch.long, device=device)  # [B, P] left-padded
-        attention = torch.zeros((b, width), dtype=torch.long, device=device)  # [B, P]
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        if self.share_prompts:  # identical prompts (a group's first turn) are prefilled once
+            unique, of_row = unique_prompts(prompts)
+        else:
+            unique, of_row = [tuple(p) for p in prompts], list(range(b))
+        width = max(len(p) for p in unique)
+        input_ids = torch.full((len(unique), width), self.pad_id, dtype=torch.long, device=device)  # [U, P] left-padded
+        attention = torch.zeros((len(unique), width), dtype=torch.long, device=device)  # [U, P]
+        for i, p in enumerate(unique):
+            input_ids[i, width - len(p) :] = torch.as_tensor(p, dtype=torch.long, device=device)
             attention[i, width - len(p) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, P]
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [U, P]
         cache = DynamicCache(config=self.model.config)
         logits = self.model(
             input_ids=input_ids,
@@ -179,7 +203,11 @@ class HFGenerator:
             use_cache=True,
             logits_to_keep=1,
             **{self._cache_arg: cache},
-        ).logits[:, -1].float()  # [B, V]
+        ).logits[:, -1].float()  # [U, V]
+        if len(unique) < b:  # every row gets its own copy of its prompt's cache, then samples on its own
+            rows = torch.as_tensor(of_row, dtype=torch.long, device=device)  # [B]
+            cache.batch_select_indices(rows)
+            logits, attention, positions = logits[rows], attention[rows], positions[rows]  # [B, ...]
 
         tokens: list[list[int]] = [[] for _ in range(b)]
         logps: list[list[float]] = [[] for _ in range(b)]
