@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -198,3 +200,125 @@ def test_bucketed_rows_run_sdpa_causal_kernel_without_a_mask(monkeypatch):
     score_micro_batches(model, [mb], 2, 2)
     assert calls, "sdpa was not called"
     assert all(mask is None and causal for mask, causal in calls)
+
+
+# ------------------------------------------------------------------------------------------ shared prompts
+
+
+def shared_rows() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Rows 0 and 2 share the prompt (1, 2); row 1 has its own."""
+    return [((1, 2), (7,)), ((3,), (8, 9)), ((1, 2), (5, 6))]
+
+
+def test_shared_prompt_sequence_positions_mask_and_indices_by_hand():
+    rows = shared_rows()
+    (mb,) = bucket_rows(rows, max_tokens=64)
+    # unit (0, 2): [1, 2 | 7 | 5, 6] (5 tokens) is longer than unit (1,): [3, 8, 9] (3 tokens, padded by 2)
+    assert mb.row_ids == (0, 2, 1)
+    assert mb.input_ids.tolist() == [[1, 2, 7, 5, 6], [3, 8, 9, 0, 0]]
+    assert mb.num_tokens == 8 and mb.num_slots == 10
+    # each response continues the prompt's positions; padding gets 0
+    assert mb.position_ids.tolist() == [[0, 1, 2, 2, 3], [0, 1, 2, 0, 0]]
+    t, f = True, False
+    assert mb.attention_mask[0, 0].tolist() == [
+        [t, f, f, f, f],  # prompt token 1
+        [t, t, f, f, f],  # prompt token 2
+        [t, t, t, f, f],  # response of row 0: the prompt and itself
+        [t, t, f, t, f],  # response of row 2, token 5: the prompt and itself, not row 0's response
+        [t, t, f, t, t],
+    ]
+    assert mb.attention_mask[1, 0].tolist() == [
+        [t, f, f, f, f], [t, t, f, f, f], [t, t, t, f, f],
+        [f, f, f, t, f], [f, f, f, f, t],  # padding sees itself only
+    ]
+    # predictors (flat over [2 * 5]): row 0's 7 <- flat 1 (last prompt token); row 2's 5 <- flat 1, its 6 <- flat 3;
+    # row 1's 8 <- flat 5, its 9 <- flat 6
+    assert mb.pred_index.tolist() == [1, 1, 3, 5, 6]
+    assert mb.dest_row.tolist() == [0, 2, 2, 1, 1] and mb.dest_col.tolist() == [0, 0, 1, 0, 1]
+    # without sharing: the layout of one row per sequence (and no mask)
+    (plain,) = bucket_rows(rows, max_tokens=64, share_prompts=False)
+    assert plain.attention_mask is None and plain.num_tokens == 10
+
+
+def test_shared_prompt_unit_is_cut_at_the_budget():
+    prompt = tuple(range(1, 7))  # 6 tokens
+    rows = [(prompt, (10 + i, 20 + i)) for i in range(3)]  # 3 rows of 8 tokens; all in one unit: 12 tokens
+    mbs = bucket_rows(rows, max_tokens=10)
+    units = [mb.row_ids for mb in mbs]
+    assert sorted(i for u in units for i in u) == [0, 1, 2]
+    assert all(mb.num_slots <= 10 for mb in mbs)
+    assert (0, 1) in units and (2,) in units  # 6 + 2 + 2 = 10 fits, the third response opens a new unit
+
+
+def kernel_scored(model, mbs, n_rows: int, width: int, attn: str) -> torch.Tensor:
+    """score_micro_batches with the mask in the form the learner hands the kernel."""
+    from sdar.learner.local import _kernel_mask
+
+    converted = [dataclasses.replace(mb, attention_mask=_kernel_mask(mb.attention_mask, attn, torch.device("cpu")))
+                 for mb in mbs]
+    return score_micro_batches(model, converted, n_rows, width)
+
+
+def rows_with_repeated_prompts(seed: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    base = random_rows(8, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    extra = []
+    for k in range(6):  # responses to earlier rows' prompts, of other lengths
+        p = base[k % 3][0]
+        extra.append((p, tuple(torch.randint(0, VOCAB, (int(torch.randint(1, 7, (1,), generator=g)),),
+                                             generator=g).tolist())))
+    return base + extra
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompts_match_one_row_at_a_time(attn: str):
+    model = tiny_model(VOCAB)
+    model.set_attn_implementation(attn)
+    rows = rows_with_repeated_prompts(seed=2)
+    width = max(len(r) for _, r in rows)
+    expected = score_one_by_one(model, rows, width)
+    mbs = bucket_rows(rows, max_tokens=40)
+    assert any(mb.attention_mask is not None for mb in mbs)  # some micro-batch shares a prompt
+    assert sum(mb.num_tokens for mb in mbs) < sum(len(p) + len(r) for p, r in rows)
+    torch.testing.assert_close(kernel_scored(model, mbs, len(rows), width, attn), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompts_give_the_same_gradients_as_separate_rows(attn: str):
+    from sdar.algo.methods import resolve_loss
+    from sdar.batch import TokenBatch, pad_right
+    from sdar.learner.local import LocalLearner
+
+    rows = rows_with_repeated_prompts(seed=3)
+    n, a = len(rows), max(len(r) for _, r in rows)
+    g = torch.Generator().manual_seed(0)
+    batch = TokenBatch(
+        prompts=tuple(p for p, _ in rows), responses=tuple(r for _, r in rows),
+        loss_mask=pad_right([[1.0] * len(r) for _, r in rows], a, dtype=torch.float32).bool(),
+        old_logprobs=-torch.rand(n, a, generator=g), advantages=torch.randn(n, 1, generator=g).expand(n, a).clone(),
+        group_ids=torch.arange(n) // 4, episode_ids=torch.arange(n), turn_ids=torch.zeros(n, dtype=torch.long))
+    spec = resolve_loss("grpo", kl_coef=0.0, entropy_coef=0.01)
+    grads = {}
+    for share in (True, False):
+        model = tiny_model(VOCAB)
+        model.set_attn_implementation(attn)
+        learner = LocalLearner(model, layout="bucketed", micro_batch_tokens=48, lr=1e-3)
+        assert learner.share_prompts
+        learner.share_prompts = share
+        sums, fed, micro = learner.accumulate_gradients(batch, spec=spec)
+        assert (any(mb.attention_mask is not None for mb in micro)) == share
+        grads[share] = (torch.cat([p.grad.flatten() for p in learner.params]), learner.reduce_metrics(sums), fed)
+    torch.testing.assert_close(grads[True][0], grads[False][0], atol=1e-5, rtol=1e-4)
+    for key, value in grads[False][1].items():
+        assert grads[True][1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert grads[True][2] < grads[False][2]  # fewer tokens fed forward
+
+
+def test_learner_shares_prompts_only_where_the_kernel_takes_a_mask():
+    from sdar.learner.local import LocalLearner
+
+    model = tiny_model(VOCAB)
+    assert LocalLearner(model, layout="bucketed").share_prompts
+    assert not LocalLearner(model, layout="packed").share_prompts
+    model.config._attn_implementation = "flash_attention_2"  # a kernel without 4-D masks
+    assert not LocalLearner(model, layout="bucketed").share_prompts

@@ -72,6 +72,18 @@ def live_rows(batch: TokenBatch, spec: LossSpec) -> list[int]:
     return torch.nonzero(signal).flatten().tolist()
 
 
+def _kernel_mask(mask: Tensor | None, attn_implementation: str, device: torch.device) -> Tensor | None:
+    """A micro-batch's ``[B, 1, L, L]`` boolean mask as the attention kernel takes it: sdpa reads True as "may
+    attend"; other kernels (eager) add the mask to the scores, so they get 0 where allowed and a large negative
+    number elsewhere."""
+    if mask is None:
+        return None
+    mask = mask.to(device)
+    if attn_implementation == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, device=device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+
+
 def lr_at(step: int, *, base_lr: float, warmup_steps: int = 0, total_steps: int | None = None) -> float:
     """Learning rate of the 0-based training step ``step``.
 
@@ -163,6 +175,10 @@ class PolicyLearner:
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.ppo_epochs, self.mini_batch_rows = ppo_epochs, mini_batch_rows
         self.micro_batch_tokens, self.layout = micro_batch_tokens, layout
+        self.attn_implementation = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "sdpa")
+        self.share_prompts = layout == "bucketed" and self.attn_implementation in ("sdpa", "eager")
+        """Rows with the same prompt feed it once (``bucket_rows(share_prompts=True)``): bucketed layout and a kernel
+        that takes a ``[B, 1, L, L]`` mask (sdpa, eager). Exact: only the summation order changes."""
         self.logprob_chunk, self.temperature = logprob_chunk, temperature
         self.autocast_dtype = autocast_dtype
         self.rollback_nonfinite = rollback_nonfinite
@@ -229,7 +245,7 @@ class PolicyLearner:
             out = body(
                 input_ids=mb.input_ids.to(device),
                 position_ids=mb.position_ids.to(device),
-                attention_mask=None if mb.attention_mask is None else mb.attention_mask.to(device),
+                attention_mask=_kernel_mask(mb.attention_mask, self.attn_implementation, device),
                 use_cache=False,  # a cache object would switch off transformers' packed-row isolation
             )
             hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # [B, L, H]
@@ -256,7 +272,8 @@ class PolicyLearner:
         rank's count) and cut the result back into one ``(logprobs, entropy)`` pair per batch."""
         device = self._parts(model)[1].weight.device
         rows = [(p, r) for b in batches for p, r in zip(b.prompts, b.responses)]
-        micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout)
+        micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout,
+                                   share_prompts=self.share_prompts)
         passes = int(self._most(micro_batches=len(micro))["micro_batches"])
         width = max((b.response_len for b in batches), default=0)
         lp = torch.zeros(len(rows), width, device=device)  # [sum N, A_max]
@@ -413,7 +430,8 @@ class PolicyLearner:
             )
             batch = batch.select(live)
         rows = list(zip(batch.prompts, batch.responses))
-        micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout) if rows else []
+        micro = make_micro_batches(rows, max_tokens=self.micro_batch_tokens, layout=self.layout,
+                                   share_prompts=self.share_prompts) if rows else []
         totals = self.sharding.reduce(
             {"tokens": whole_tokens, "seqs": whole_seqs, "live_tokens": batch.loss_mask.sum()}, "sum"
         )

@@ -16,6 +16,13 @@ once and to put each response token's log-prob back at its ``[N, A]`` position:
   sdpa ``is_causal=True`` (its causal kernel skips the upper triangle: about half the attention work of a masked
   call), and position ids simply count on through the padding (no restart, so no packed-sequence detection).
 
+  Rows with the same prompt share it (``share_prompts``, on by default): such rows become one sequence, the prompt
+  once and then each response, every response attending to the prompt and to itself only, its positions counting
+  on from the end of the prompt. A group's episodes send identical prompts at their first turn and while they act
+  alike, so a GRPO batch holds many; the prompt's forward and backward then run once. A micro-batch holding such a
+  sequence carries a ``[B, 1, L, L]`` boolean attention mask (True = may attend); one without keeps the maskless
+  causal path.
+
 Pure functions of token ids; no model, no device.
 """
 
@@ -44,10 +51,13 @@ class PackedMicroBatch:
     input_ids: Tensor
     """[B, L] long. B = 1 for the packed layout."""
     position_ids: Tensor
-    """[B, L] long. Packed: restart at 0 for every row. Bucketed: ``0 .. L - 1`` on every row (padding included)."""
+    """[B, L] long. Packed: restart at 0 for every row. Bucketed: ``0 .. L - 1`` on every row (padding included);
+    with a shared prompt, each response's positions count on from the end of the prompt (padding 0)."""
     attention_mask: Tensor | None
-    """Always None: packed rows are told apart by their position restarts, bucketed rows are right-padded (see the
-    module docstring). Kept so a caller can pass ``attention_mask=mb.attention_mask`` to any model."""
+    """None, except for a bucketed micro-batch holding rows that share a prompt: then ``[B, 1, L, L]`` bool, True
+    where a query position may attend to a key position (every position, padding included, may attend to at least
+    one). Packed rows are told apart by their position restarts, other bucketed rows are right-padded (see the
+    module docstring)."""
     row_ids: tuple[int, ...]
     """Indices (into the input row list) of the rows in this micro-batch, in layout order."""
     pred_index: Tensor
@@ -93,13 +103,28 @@ def _check_rows(rows: Sequence[Row], max_tokens: int) -> list[int]:
     return lengths
 
 
-def _build(rows: Sequence[Row], groups: Sequence[Sequence[int]], *, packed: bool) -> list[PackedMicroBatch]:
-    """Materialise micro-batches from groups of row indices."""
+def _build(rows: Sequence[Row], groups: Sequence[Sequence[Sequence[int]]], *, packed: bool) -> list[PackedMicroBatch]:
+    """Materialise micro-batches from groups of units; a unit is rows sharing one prompt (one row: no sharing).
+
+    A unit's sequence is its prompt followed by each of its rows' responses. Packed micro-batches take one-row
+    units only (their rows are told apart by position restarts, which cannot express a shared prompt)."""
     out = []
     for group in groups:
-        seqs = [list(rows[i][0]) + list(rows[i][1]) for i in group]
+        seqs: list[list[int]] = []
+        response_starts: list[list[int]] = []  # per unit: where each of its responses begins in its sequence
+        for unit in group:
+            seq = list(rows[unit[0]][0])
+            begins = []
+            for i in unit:
+                begins.append(len(seq))
+                seq.extend(rows[i][1])
+            seqs.append(seq)
+            response_starts.append(begins)
         lengths = [len(s) for s in seqs]
+        shared = any(len(unit) > 1 for unit in group)
         if packed:
+            if shared:
+                raise ValueError("the packed layout cannot share a prompt between rows; use one-row units")
             input_ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)[None]  # [1, L]
             position_ids = torch.cat([torch.arange(n) for n in lengths])[None]  # [1, L]
             attention_mask = None
@@ -109,23 +134,29 @@ def _build(rows: Sequence[Row], groups: Sequence[Sequence[int]], *, packed: bool
             input_ids = torch.zeros(len(group), width, dtype=torch.long)  # [B, L] right-padded
             for k, s in enumerate(seqs):
                 input_ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
-            attention_mask = None  # right padding: causal attention alone keeps real tokens off the padding
-            position_ids = torch.arange(width).expand(len(group), width)  # [B, L]
             starts = [k * width for k in range(len(group))]
+            if shared:
+                position_ids, attention_mask = _shared_prompt_mask(rows, group, response_starts, width)
+            else:
+                attention_mask = None  # right padding: causal attention alone keeps real tokens off the padding
+                position_ids = torch.arange(width).expand(len(group), width)  # [B, L]
         pred, tgt, drow, dcol = [], [], [], []
-        for k, i in enumerate(group):
-            p_len, response = len(rows[i][0]), rows[i][1]
-            first = starts[k] + p_len - 1  # flat position of the last prompt token
-            pred.extend(range(first, first + len(response)))
-            tgt.extend(response)
-            drow.extend([i] * len(response))
-            dcol.extend(range(len(response)))
+        for k, unit in enumerate(group):
+            last_prompt = starts[k] + len(rows[unit[0]][0]) - 1  # flat position of the unit's last prompt token
+            for i, begin in zip(unit, response_starts[k]):
+                response = rows[i][1]
+                # token 0 is predicted by the last prompt token, token j by the response's own token j - 1
+                pred.append(last_prompt)
+                pred.extend(range(starts[k] + begin, starts[k] + begin + len(response) - 1))
+                tgt.extend(response)
+                drow.extend([i] * len(response))
+                dcol.extend(range(len(response)))
         out.append(
             PackedMicroBatch(
                 input_ids=input_ids,
                 position_ids=position_ids.contiguous(),
                 attention_mask=attention_mask,
-                row_ids=tuple(group),
+                row_ids=tuple(i for unit in group for i in unit),
                 pred_index=torch.tensor(pred, dtype=torch.long),
                 targets=torch.tensor(tgt, dtype=torch.long),
                 dest_row=torch.tensor(drow, dtype=torch.long),
@@ -134,6 +165,54 @@ def _build(rows: Sequence[Row], groups: Sequence[Sequence[int]], *, packed: bool
             )
         )
     return out
+
+
+def _shared_prompt_mask(rows: Sequence[Row], group: Sequence[Sequence[int]], response_starts: Sequence[Sequence[int]],
+                        width: int) -> tuple[Tensor, Tensor]:
+    """Position ids ``[B, L]`` and the boolean mask ``[B, 1, L, L]`` of right-padded units that share prompts.
+
+    The prompt attends causally to itself; each response attends to the whole prompt and causally to itself, never
+    to another response; its positions continue from the prompt's end, exactly as if it followed the prompt alone.
+    A padding position attends to itself only (so no softmax row is empty)."""
+    b = len(group)
+    positions = torch.zeros(b, width, dtype=torch.long)  # [B, L]
+    mask = torch.zeros(b, 1, width, width, dtype=torch.bool)  # [B, 1, L, L]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for k, unit in enumerate(group):
+        p = len(rows[unit[0]][0])
+        positions[k, :p] = torch.arange(p)
+        mask[k, 0, :p, :p] = causal[:p, :p]
+        end = p
+        for i, begin in zip(unit, response_starts[k]):
+            n = len(rows[i][1])
+            positions[k, begin : begin + n] = torch.arange(p, p + n)
+            mask[k, 0, begin : begin + n, :p] = True
+            mask[k, 0, begin : begin + n, begin : begin + n] = causal[:n, :n]
+            end = begin + n
+        pad = torch.arange(end, width)
+        mask[k, 0, pad, pad] = True
+    return positions, mask
+
+
+def _prompt_units(rows: Sequence[Row], keep: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Rows of ``keep`` grouped by identical prompt (first-seen order), each unit cut so that its sequence (prompt
+    plus its responses) stays within ``max_tokens`` where it can (a unit always takes at least one row)."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i in keep:
+        by_prompt.setdefault(tuple(rows[i][0]), []).append(i)
+    units: list[list[int]] = []
+    for prompt, members in by_prompt.items():
+        unit: list[int] = []
+        used = len(prompt)
+        for i in members:
+            n = len(rows[i][1])
+            if unit and used + n > max_tokens:
+                units.append(unit)
+                unit, used = [], len(prompt)
+            unit.append(i)
+            used += n
+        units.append(unit)
+    return units
 
 
 def _by_length_desc(rows: Sequence[Row], lengths: Sequence[int]) -> list[int]:
@@ -171,7 +250,7 @@ def pack_rows(rows: Sequence[Row], *, max_tokens: int) -> list[PackedMicroBatch]
         else:
             groups.append([i])
             used.append(lengths[i])
-    return _build(rows, groups, packed=True)
+    return _build(rows, [[[i] for i in g] for g in groups], packed=True)
 
 
 PASS_COST_TOKENS = 64
@@ -179,56 +258,63 @@ PASS_COST_TOKENS = 64
 padded slots: :func:`bucket_rows` splits a micro-batch only where that saves more padding than this."""
 
 
-def bucket_rows(rows: Sequence[Row], *, max_tokens: int, pass_cost: int = PASS_COST_TOKENS) -> list[PackedMicroBatch]:
+def bucket_rows(rows: Sequence[Row], *, max_tokens: int, pass_cost: int = PASS_COST_TOKENS,
+                share_prompts: bool = True) -> list[PackedMicroBatch]:
     """Sort rows by length and cut them into right-padded micro-batches of at most ``max_tokens`` slots, choosing the
     cuts that minimise the total cost ``slots + pass_cost * micro-batches``.
 
     A micro-batch of ``b`` rows whose longest row has ``w`` tokens costs ``b * w`` slots. Over the rows sorted longest
     first, the best cuts come from a dynamic programme (the optimal split into consecutive groups); filling each
     micro-batch to the budget instead can put a short row beside a long one and pad it to the long one's length. A row
-    longer than ``max_tokens`` gets a micro-batch of its own.
+    longer than ``max_tokens`` gets a micro-batch of its own. With ``share_prompts`` the units sorted and cut are the
+    sequences of rows sharing a prompt (the prompt once, then each response; see the module docstring).
 
     Args:
         rows: ``(prompt_ids, response_ids)`` pairs. Prompts must be non-empty; rows with an empty response are
             left out.
         max_tokens: Slot budget (padding included) per micro-batch.
         pass_cost: Fixed cost of one more micro-batch, in slots (0 = fewest padded slots, whatever the passes).
+        share_prompts: Feed a prompt that several rows share once.
 
     Returns:
-        Micro-batches with ``input_ids`` and ``attention_mask`` of shape ``[B, L]``, longest rows first.
+        Micro-batches with ``input_ids`` of shape ``[B, L]``, longest units first.
     """
-    lengths = _check_rows(rows, max_tokens)
+    _check_rows(rows, max_tokens)
     if pass_cost < 0:
         raise ValueError(f"pass_cost must be >= 0, got {pass_cost}")
-    order = _by_length_desc(rows, lengths)
-    width = [lengths[i] for i in order]  # non-increasing: the first row of a group sets its width
+    keep = sorted(i for i in range(len(rows)) if len(rows[i][1]) > 0)
+    units = _prompt_units(rows, keep, max_tokens) if share_prompts else [[i] for i in keep]
+    unit_len = [len(rows[u[0]][0]) + sum(len(rows[i][1]) for i in u) for u in units]
+    order = sorted(range(len(units)), key=lambda u: (-unit_len[u], units[u][0]))  # longest first, then input order
+    width = [unit_len[u] for u in order]  # non-increasing: the first unit of a group sets its width
     n = len(order)
-    best = [0] * (n + 1)  # best[j]: least cost of the first j rows
+    best = [0] * (n + 1)  # best[j]: least cost of the first j units
     start = [0] * (n + 1)  # start[j]: where the last group of that best split begins
     for j in range(1, n + 1):
-        best[j], start[j] = best[j - 1] + width[j - 1] + pass_cost, j - 1  # row j - 1 alone
-        for i in range(j - 2, -1, -1):  # the group order[i:j] of j - i rows, width width[i]
+        best[j], start[j] = best[j - 1] + width[j - 1] + pass_cost, j - 1  # unit j - 1 alone
+        for i in range(j - 2, -1, -1):  # the group order[i:j] of j - i units, width width[i]
             slots = (j - i) * width[i]
             if slots > max_tokens:
                 break  # earlier starts are wider and longer still
             cost = best[i] + slots + pass_cost
             if cost <= best[j]:  # ties: the larger group (fewer passes)
                 best[j], start[j] = cost, i
-    groups: list[list[int]] = []
+    groups: list[list[list[int]]] = []
     j = n
     while j > 0:
-        groups.append(order[start[j] : j])
+        groups.append([units[u] for u in order[start[j] : j]])
         j = start[j]
     return _build(rows, groups[::-1], packed=False)
 
 
-def make_micro_batches(rows: Sequence[Row], *, max_tokens: int, layout: Layout) -> list[PackedMicroBatch]:
-    """Dispatch to :func:`pack_rows` or :func:`bucket_rows`."""
+def make_micro_batches(rows: Sequence[Row], *, max_tokens: int, layout: Layout,
+                       share_prompts: bool = True) -> list[PackedMicroBatch]:
+    """Dispatch to :func:`pack_rows` or :func:`bucket_rows` (which shares prompts unless told not to)."""
     match layout:
         case "packed":
             return pack_rows(rows, max_tokens=max_tokens)
         case "bucketed":
-            return bucket_rows(rows, max_tokens=max_tokens)
+            return bucket_rows(rows, max_tokens=max_tokens, share_prompts=share_prompts)
         case _:
             raise ValueError(f"layout must be 'packed' or 'bucketed', got {layout!r}")
 
