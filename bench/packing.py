@@ -98,7 +98,7 @@ def layouts(rows: Sequence[Row], budget: int, names: Sequence[str] = ("padded", 
     per_batch = max(1, budget // longest)
     padded = []
     for start in range(0, len(rows), per_batch):  # one micro-batch of the consecutive rows, padded to their longest
-        (mb,) = bucket_rows(rows[start : start + per_batch], max_tokens=10**12, pass_cost=10**12)
+        (mb,) = bucket_rows(rows[start : start + per_batch], max_tokens=10**12, pass_cost=10**12, share_prompts=False)
         padded.append((mb, start))
     cost = PASS_COST_TOKENS if pass_cost is None else pass_cost
     every = {
