@@ -145,6 +145,29 @@ def update_pass(model: Any, micro: list[tuple[Any, int]], total: int) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def time_arms(model: Any, arms: dict[Any, list[tuple[Any, int]]], n: int, width: int, scored: int,
+              repeats: int) -> tuple[dict[Any, dict[str, list[float]]], dict[Any, torch.Tensor]]:
+    """Seconds of a log-prob pass and an update pass of every arm's micro-batches, ``repeats`` times after one
+    warm-up, the arms interleaved with their order rotated each repetition; and each arm's last log-probs."""
+    times: dict[Any, dict[str, list[float]]] = {k: {"logprobs": [], "update": []} for k in arms}
+    results: dict[Any, torch.Tensor] = {}
+    names = list(arms)
+    for rep in range(repeats + 1):  # rep 0 = warm-up
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            t = time.perf_counter()
+            results[name] = logprob_pass(model, arms[name], n, width)
+            t_lp = time.perf_counter() - t
+            t = time.perf_counter()
+            update_pass(model, arms[name], scored)
+            t_up = time.perf_counter() - t
+            sys.stderr.write(f"repetition {rep}{' (warm-up)' if rep == 0 else ''} {name}: log-prob pass "
+                             f"{t_lp:.2f}s, update pass {t_up:.2f}s\n")
+            if rep > 0:
+                times[name]["logprobs"].append(t_lp)
+                times[name]["update"].append(t_up)
+    return times, results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--games", default="/tmp/alfbench", help="folder from `sdar envs generate alfworld --out`")
@@ -182,22 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     real = sum(len(pr) + len(r) for pr, r in rows)
     micro = layouts(rows, args.micro_batch_tokens, args.layouts, args.pass_cost)
 
-    times: dict[str, dict[str, list[float]]] = {k: {"logprobs": [], "update": []} for k in micro}
-    results: dict[str, torch.Tensor] = {}
-    names = list(micro)
-    for rep in range(args.repeats + 1):  # interleaved, order rotated per repetition; rep 0 = warm-up
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
-            t = time.perf_counter()
-            results[name] = logprob_pass(model, micro[name], n, width)
-            t_lp = time.perf_counter() - t
-            t = time.perf_counter()
-            update_pass(model, micro[name], scored)
-            t_up = time.perf_counter() - t
-            sys.stderr.write(f"repetition {rep}{' (warm-up)' if rep == 0 else ''} {name}: log-prob pass "
-                             f"{t_lp:.2f}s, update pass {t_up:.2f}s\n")
-            if rep > 0:
-                times[name]["logprobs"].append(t_lp)
-                times[name]["update"].append(t_up)
+    times, results = time_arms(model, micro, n, width, scored, args.repeats)
 
     out = sys.stdout.write
     prompt_lens = sorted(len(pr) for pr, _ in rows)

@@ -18,11 +18,10 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
-from packing import logprob_pass, smollm2_shaped, update_pass
+from packing import smollm2_shaped, time_arms
 from rollout_speed import cpu_name
 
 
@@ -63,21 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = sum(len(r) for _, r in rows)
     arms = {share: [(mb, 0) for mb in bucket_rows(rows, max_tokens=args.micro_batch_tokens, share_prompts=share)]
             for share in (True, False)}
-    times = {share: {"logprobs": [], "update": []} for share in arms}
-    results = {}
-    for rep in range(args.repeats + 1):  # rep 0 = warm-up
-        for share in ((True, False) if rep % 2 == 0 else (False, True)):
-            t = time.perf_counter()
-            results[share] = logprob_pass(model, arms[share], n, width)
-            t_lp = time.perf_counter() - t
-            t = time.perf_counter()
-            update_pass(model, arms[share], scored)
-            t_up = time.perf_counter() - t
-            sys.stderr.write(f"repetition {rep}{' (warm-up)' if rep == 0 else ''} share={share}: log-prob pass "
-                             f"{t_lp:.2f}s, update pass {t_up:.2f}s\n")
-            if rep > 0:
-                times[share]["logprobs"].append(t_lp)
-                times[share]["update"].append(t_up)
+    times, results = time_arms(model, arms, n, width, scored, args.repeats)
 
     out = sys.stdout.write
     out(f"command: {' '.join(sys.argv)}\n")
