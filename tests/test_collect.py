@@ -374,3 +374,30 @@ def test_progress_callback_gets_one_monotone_record_per_turn(tok) -> None:
     assert trajs[1].failed and trajs[0].won and trajs[2].won
     with pytest.raises(dataclasses.FrozenInstanceError):
         records[0].active = 5  # type: ignore[misc]
+
+
+def test_one_generator_session_holds_the_whole_rollout(tok) -> None:
+    import contextlib
+
+    class SessionGenerator(ScriptedGenerator):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            self.opened, self.inside, self.outside_calls = 0, False, 0
+
+        @contextlib.contextmanager
+        def session(self):
+            self.opened += 1
+            self.inside = True
+            try:
+                yield
+            finally:
+                self.inside = False
+
+        def generate(self, prompts, params):
+            self.outside_calls += not self.inside
+            return super().generate(prompts, params)
+
+    tasks = [CLEAN, PLACE]
+    gen = SessionGenerator(tok, expert_script(expert_plans(tasks)))
+    collect_episodes(requests(tasks), Factory(), gen, tok, settings())
+    assert len(gen.calls) > 1 and gen.opened == 1 and gen.outside_calls == 0 and not gen.inside

@@ -317,3 +317,49 @@ def test_transformers_default_sampling_would_break_the_logprob_contract(model, t
         out[name] = (sampler - teacher_forced_logprobs(model, prompt[0].tolist(), response)).abs().max().item()
     assert out["explicit"] < 1e-4
     assert out["default"] > 0.5  # near-uniform over 259 ids: log(259/50) ~ 1.6 nats
+
+
+class CountingView:
+    """A sampling view that records how often it is entered and which calls run inside it."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.inside = False
+
+    def __call__(self, model):
+        import contextlib
+
+        @contextlib.contextmanager
+        def view():
+            self.entered += 1
+            self.inside = True
+            try:
+                yield
+            finally:
+                self.inside = False
+        return view()
+
+
+def test_session_enters_the_sampling_view_once_for_its_calls(model, tok):
+    from sdar.rollout.generator import session
+
+    view = CountingView()
+    gen = HFGenerator(model, tok, sampling_view=view)
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, seed=3)
+    prompts = [ids(tok, t) for t in PROMPTS_TEXT]
+    alone = [gen.generate(prompts, params) for _ in range(2)]
+    assert view.entered == 2  # outside a session: once per call
+    with session(gen):
+        assert view.inside
+        with gen.session():  # nested: still the one session
+            held = [gen.generate(prompts, params) for _ in range(2)]
+        assert view.inside
+    assert view.entered == 3 and not view.inside
+    assert held == alone  # the same samples inside a session
+    gen.generate(prompts, params)
+    assert view.entered == 4  # after the session, per call again
+    with pytest.raises(RuntimeError, match="boom"), gen.session():
+        raise RuntimeError("boom")
+    assert not view.inside and not gen._held
+    with session(object()):  # a generator without sessions: nothing happens
+        pass

@@ -47,7 +47,7 @@ from sdar.envs.registry import get_parser, prompt_template
 from sdar.prompts.parse import INVALID_RULES, ParsedAction, apply_invalid_rule
 from sdar.prompts.render import build_context, fit_prompt
 from sdar.records import EnvInfo, PromptContext, Trajectory, Turn
-from sdar.rollout.generator import Generator, Sample, SamplingParams
+from sdar.rollout.generator import Generator, Sample, SamplingParams, session
 
 __all__ = [
     "INVALID_FEEDBACK",
@@ -348,35 +348,36 @@ def collect_episodes(
     tokens = 0
     episodes = _start_all(requests, make_env)
     try:
-        for turn in range(settings.max_turns):
-            active = [ep for ep in episodes if not ep.done]
-            if not active:
-                break
-            prepared = [_prepare(ep, turn, tokenizer, settings) for ep in active]
-            params = settings.sampling
-            if params.seed is not None:  # rows keyed by episode: the same sample on any rank, in any batch
-                keys = tuple(ep.request.episode_id for ep in active)
-                params = dataclasses.replace(params, seed=turn_seed(params.seed, turn),
-                                             row_keys=keys if len(set(keys)) == len(keys) else None)
-            samples = generator.generate([ids for ids, _ in prepared], params)
-            if len(samples) != len(active):
-                raise RuntimeError(f"the generator returned {len(samples)} samples for {len(active)} prompts")
-            parsed = [_parse(ep, sample, tokenizer, settings.invalid_rule) for ep, sample in zip(active, samples)]
-            stepping = [k for k, (_, p) in enumerate(parsed) if p.valid]
-            answers = dict(zip(stepping, step_envs([(active[k].env, parsed[k][1].action) for k in stepping])))
-            for k, (ep, (ids, ctx), sample) in enumerate(zip(active, prepared, samples)):
-                text, action = parsed[k]
-                _advance(ep, turn, ids, ctx, sample, text, action, answers.get(k), settings.max_turns)
-                if ep.done:
-                    _close(ep.env)
-                    ep.env = None
-            logger.debug("turn %d: %d active episodes", turn, len(active))
-            if progress is not None:
-                tokens += sum(len(sample.token_ids) for sample in samples)
-                running = sum(not ep.done for ep in episodes)
-                progress(TurnProgress(turn=turn, max_turns=settings.max_turns, active=running,
-                                      finished=len(episodes) - running, total=len(episodes), tokens=tokens,
-                                      seconds=time.perf_counter() - began))
+        with session(generator):  # the sampler's per-rollout state (merged LoRA weights) set up once
+            for turn in range(settings.max_turns):
+                active = [ep for ep in episodes if not ep.done]
+                if not active:
+                    break
+                prepared = [_prepare(ep, turn, tokenizer, settings) for ep in active]
+                params = settings.sampling
+                if params.seed is not None:  # rows keyed by episode: the same sample on any rank, in any batch
+                    keys = tuple(ep.request.episode_id for ep in active)
+                    params = dataclasses.replace(params, seed=turn_seed(params.seed, turn),
+                                                 row_keys=keys if len(set(keys)) == len(keys) else None)
+                samples = generator.generate([ids for ids, _ in prepared], params)
+                if len(samples) != len(active):
+                    raise RuntimeError(f"the generator returned {len(samples)} samples for {len(active)} prompts")
+                parsed = [_parse(ep, sample, tokenizer, settings.invalid_rule) for ep, sample in zip(active, samples)]
+                stepping = [k for k, (_, p) in enumerate(parsed) if p.valid]
+                answers = dict(zip(stepping, step_envs([(active[k].env, parsed[k][1].action) for k in stepping])))
+                for k, (ep, (ids, ctx), sample) in enumerate(zip(active, prepared, samples)):
+                    text, action = parsed[k]
+                    _advance(ep, turn, ids, ctx, sample, text, action, answers.get(k), settings.max_turns)
+                    if ep.done:
+                        _close(ep.env)
+                        ep.env = None
+                logger.debug("turn %d: %d active episodes", turn, len(active))
+                if progress is not None:
+                    tokens += sum(len(sample.token_ids) for sample in samples)
+                    running = sum(not ep.done for ep in episodes)
+                    progress(TurnProgress(turn=turn, max_turns=settings.max_turns, active=running,
+                                          finished=len(episodes) - running, total=len(episodes), tokens=tokens,
+                                          seconds=time.perf_counter() - began))
     finally:
         for ep in episodes:
             _close(ep.env)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Literal, Protocol, Sequence
+from typing import ContextManager, Iterable, Literal, Protocol, Sequence
 
 from torch import Tensor
 
@@ -66,3 +67,10 @@ class Generator(Protocol):
     def sleep(self) -> None:
         """Free accelerator memory until the next call (vLLM sleep mode; a no-op for backends without one)."""
         ...
+
+
+def session(generator: Generator) -> ContextManager[object]:
+    """``generator.session()`` for a generator that keeps per-call state across the calls of one rollout (the HF
+    loop's merged LoRA weights), else a context that does nothing. The weights must not change inside."""
+    opened = getattr(generator, "session", None)
+    return opened() if callable(opened) else contextlib.nullcontext()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -108,7 +108,9 @@ class HFGenerator:
         """Run the model under ``torch.autocast`` in this dtype (mixed precision: the learner's compute dtype)."""
         self.sampling_view = sampling_view
         """Entered around every ``generate`` call with the model (e.g. LoRA adapters merged into one weight copy for
-        the call: ``sdar.learner.lora.merged_for_sampling``); it must leave the model as it found it."""
+        the call: ``sdar.learner.lora.merged_for_sampling``), or once around the calls of a ``session``; it must leave
+        the model as it found it."""
+        self._held = False
         self.share_prompts = share_prompts
         """Prefill identical prompts of a call once (off: every row on its own, e.g. to measure the saving)."""
         self.tokenizer = tokenizer
@@ -148,6 +150,21 @@ class HFGenerator:
     def sleep(self) -> None:
         """Nothing to free: the model is the caller's."""
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Enter the sampling view once for every ``generate`` call inside (one rollout: the weights do not change
+        between its turns), instead of once per call; with merged LoRA weights this saves a merge per turn (3% of a
+        SmolLM2 rollout). The weights must not change inside. Nested sessions are one session."""
+        if self.sampling_view is None or self._held:
+            yield
+            return
+        with self.sampling_view(self.model):
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Sample]:
         """One ``Sample`` per prompt, in order (see ``Sample`` for what the log-probs mean)."""
         if any(len(p) == 0 for p in prompts):
@@ -162,7 +179,7 @@ class HFGenerator:
         try:
             out: list[Sample] = []
             with contextlib.ExitStack() as stack:
-                if self.sampling_view is not None:
+                if self.sampling_view is not None and not self._held:
                     stack.enter_context(self.sampling_view(self.model))
                 if self.autocast_dtype is not None:
                     stack.enter_context(torch.autocast(device_type=self._device.type, dtype=self.autocast_dtype))
