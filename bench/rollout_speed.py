@@ -6,13 +6,14 @@
 Arms (the same training rollouts: same steps, same sampling seeds, interleaved in one process):
 
 * ``plain``: every prompt prefilled on its own row, LoRA adapters computed as branches beside each projection;
-* ``shared``: identical prompts of a call prefilled once (a GRPO group's first turn, and later turns while the
+* ``dedup``: identical prompts of a call prefilled once (a GRPO group's first turn, and later turns while the
   members act alike), their cache rows copied;
+* ``shared``: also the prefix all distinct prompts of a call share (system turn, task preamble) prefilled once;
 * ``shared+merged``: also the adapters merged into one weight copy for the rollout (``rollout.merge_lora``, fp32
   LoRA runs only; the arm is left out for a model without adapters).
 
-Prints each arm's seconds (median, min, max), the ratio to ``plain`` per repetition, the prompt tokens the shared
-arms prefill of all prompt tokens, and the training success of each arm (equal seeds give equal episodes up to
+Prints each arm's seconds (median, min, max), the ratio to ``plain`` per repetition, the prompt tokens the dedup
+and shared arms prefill of all prompt tokens, and the training success of each arm (equal seeds give equal episodes up to
 floating-point rounding).
 """
 
@@ -57,31 +58,37 @@ def main(argv=None) -> int:
     gen = parts.generator
     if not isinstance(gen, hf.HFGenerator):
         sys.exit("this bench measures the transformers generator (rollout.backend: hf)")
-    arms = {"plain": (False, None), "shared": (True, None)}
+    prefix_min = hf.SHARED_PREFIX_MIN
+    arms = {"plain": (False, None, prefix_min), "dedup": (True, None, 1 << 30), "shared": (True, None, prefix_min)}
     if gen.sampling_view is not None:
-        arms["shared+merged"] = (True, merged_for_sampling)
+        arms["shared+merged"] = (True, merged_for_sampling, prefix_min)
 
-    prefilled = {"distinct": 0, "all": 0}
+    prefilled = {"distinct": 0, "prefix": 0, "all": 0}
     original = hf.unique_prompts
 
-    def counting(prompts):  # tokens the shared arms prefill, from the calls the generator makes
+    def counting(prompts):  # tokens the sharing arms prefill, from the calls the generator makes
         unique, of_row = original(prompts)
+        shared = hf.common_prefix(unique)
         prefilled["distinct"] += sum(map(len, unique))
+        prefilled["prefix"] += shared * (len(unique) - 1) if shared >= prefix_min else 0
         prefilled["all"] += sum(map(len, prompts))
         return unique, of_row
 
     hf.unique_prompts = counting
     times: dict[str, list[float]] = {a: [] for a in arms}
-    for rep in range(args.repeats):
-        order = list(arms) if rep % 2 == 0 else list(reversed(arms))
-        for arm in order:
-            gen.share_prompts, gen.sampling_view = arms[arm]
-            t = time.perf_counter()
-            rollout = parts.collector.train(rep)  # step `rep`: every arm samples with the same seeds
-            times[arm].append(time.perf_counter() - t)
-            print(f"rep {rep} {arm}: {times[arm][-1]:.1f} s, training success "
-                  f"{rollout.metrics.get('rollout/success', float('nan')):.3f}", flush=True)
-    parts.close()
+    try:
+        for rep in range(args.repeats):
+            order = list(arms) if rep % 2 == 0 else list(reversed(arms))
+            for arm in order:
+                gen.share_prompts, gen.sampling_view, hf.SHARED_PREFIX_MIN = arms[arm]
+                t = time.perf_counter()
+                rollout = parts.collector.train(rep)  # step `rep`: every arm samples with the same seeds
+                times[arm].append(time.perf_counter() - t)
+                print(f"rep {rep} {arm}: {times[arm][-1]:.1f} s, training success "
+                      f"{rollout.metrics.get('rollout/success', float('nan')):.3f}", flush=True)
+    finally:  # the module's own functions and threshold back (the bench may run inside another process's tests)
+        hf.unique_prompts, hf.SHARED_PREFIX_MIN = original, prefix_min
+        parts.close()
 
     print(f"\nCPU: {cpu_name()} ({os.cpu_count()} cores visible), threads {args.threads}, torch {torch.__version__}, "
           f"config {args.config}")
@@ -91,8 +98,10 @@ def main(argv=None) -> int:
             ratios = [a / b for a, b in zip(ts, times["plain"])]
             line += f"; ratio to plain {', '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})"
         print(line)
-    print(f"prompt tokens prefilled by the shared arms: {prefilled['distinct']} of {prefilled['all']} "
-          f"({prefilled['distinct'] / max(prefilled['all'], 1):.1%})")
+    total = max(prefilled["all"], 1)
+    distinct, shared = prefilled["distinct"], prefilled["distinct"] - prefilled["prefix"]
+    print(f"prompt tokens prefilled, of {prefilled['all']} (summed over the arms' rollouts): dedup {distinct} "
+          f"({distinct / total:.1%}), shared {shared} ({shared / total:.1%})")
     return 0
 
 

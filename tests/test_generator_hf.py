@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from sdar.rollout.generator import Sample, SamplingParams
-from sdar.rollout.hf import HFGenerator, eos_token_ids, truncated_logits, unique_prompts
+from sdar.rollout.hf import (
+    SHARED_PREFIX_MIN,
+    HFGenerator,
+    common_prefix,
+    eos_token_ids,
+    truncated_logits,
+    unique_prompts,
+)
 from sdar.tiny import byte_tokenizer, tiny_model
 
 
@@ -198,12 +205,14 @@ class CountingRows(torch.nn.Module):
         super().__init__()
         self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
         self.rows: list[int] = []
+        self.shapes: list[tuple[int, int]] = []
 
     def get_output_embeddings(self):
         return self.inner.get_output_embeddings()
 
     def forward(self, input_ids, cache=None, **kwargs):
         self.rows.append(input_ids.shape[0])
+        self.shapes.append(tuple(input_ids.shape))
         return self.inner(input_ids=input_ids, cache=cache, **kwargs)
 
 
@@ -225,6 +234,41 @@ def test_identical_prompts_are_prefilled_once_and_sample_on_their_own(model, tok
     assert [s.token_ids for s in plain] == [s.token_ids for s in deduped]
     torch.testing.assert_close(torch.tensor([lp for s in plain for lp in s.logprobs]),
                                torch.tensor([lp for s in deduped for lp in s.logprobs]), atol=1e-5, rtol=0)
+
+
+def test_common_prefix_by_hand():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shortest prompt keeps its last token
+    assert common_prefix([[5, 1], [6, 1]]) == 0
+    assert common_prefix([[1, 2, 3]]) == 0 and common_prefix([]) == 0
+
+
+def test_common_prefix_is_prefilled_once_and_changes_no_sample(model, tok):
+    head = "System: you play a household game. Goal: "
+    texts = ["put the mug in the sink", "open drawer 2", "put the mug in the sink", "go to the shelf and look around"]
+    prompts = [ids(tok, head + t) for t in texts]
+    shared = common_prefix(unique_prompts(prompts)[0])
+    assert shared >= SHARED_PREFIX_MIN and shared == len(ids(tok, head))
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=7)
+    counting = CountingRows(model)
+    split = HFGenerator(counting, tok).generate(prompts, params)
+    suffix_width = max(len(p) for p in prompts) - shared
+    # the prefix at batch 1, the three distinct suffixes (left-padded), then one token per row per step
+    assert counting.shapes[:3] == [(1, shared), (3, suffix_width), (4, 1)]
+    counting.shapes.clear()
+    plain = HFGenerator(counting, tok, share_prompts=False).generate(prompts, params)
+    assert counting.shapes[0] == (4, max(len(p) for p in prompts))
+    assert [s.token_ids for s in plain] == [s.token_ids for s in split]
+    torch.testing.assert_close(torch.tensor([lp for s in plain for lp in s.logprobs]),
+                               torch.tensor([lp for s in split for lp in s.logprobs]), atol=1e-5, rtol=0)
+    for p, s in zip(prompts, split):  # exact behaviour log-probs: equal to one plain forward over prompt + response
+        torch.testing.assert_close(torch.tensor(s.logprobs), teacher_forced_logprobs(model, p, s.token_ids),
+                                   atol=1e-4, rtol=0)
+    counting.shapes.clear()
+    short_head = [p[shared - SHARED_PREFIX_MIN + 1 :] for p in prompts]
+    assert common_prefix(unique_prompts(short_head)[0]) == SHARED_PREFIX_MIN - 1
+    HFGenerator(counting, tok).generate(short_head, params)
+    assert counting.shapes[0][0] == 3  # a common prefix shorter than SHARED_PREFIX_MIN is not split off
 
 
 def test_stop_string_ends_row_after_completing_token(model, tok):

@@ -53,6 +53,23 @@ def unique_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[tuple[int, ..
     return list(index), of_row
 
 
+SHARED_PREFIX_MIN = 8
+"""Shortest common prefix (tokens) that a call prefills once for all its distinct prompts; shorter ones are not
+worth the extra forward call."""
+
+
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix all ``prompts`` share, at most the shortest length minus one (every prompt keeps
+    a token of its own, whose logits give its first sampled token); 0 for fewer than two prompts."""
+    if len(prompts) < 2:
+        return 0
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
 def truncated_logits(logits: Tensor, *, temperature: float, top_k: int, top_p: float) -> Tensor:
     """Logits of the distribution that is sampled from: temperature, then top-k, then top-p (nucleus).
 
@@ -89,7 +106,9 @@ class HFGenerator:
     The loop is written out (left padding, one prefill, then one token per step through the KV cache) instead of
     calling ``model.generate``: the log-prob of each sampled token is taken from the very distribution it was drawn
     from, so ``Sample.logprobs`` equal teacher-forced log-probs of the same model (see ``truncated_logits``).
-    Identical prompts in one call are prefilled once (their cache rows are copied; each row then samples on its own).
+    Identical prompts in one call are prefilled once (their cache rows are copied; each row then samples on its own),
+    and so is the prefix all of a call's distinct prompts share (the chat template's system turn, the task preamble):
+    its cache is copied to every row, which then prefills only its own suffix.
     Rows that finish leave the batch (their cache rows are dropped).
 
     By default the generator shares the training model object: updated weights are already in place, and
@@ -112,7 +131,8 @@ class HFGenerator:
         the model as it found it."""
         self._held = False
         self.share_prompts = share_prompts
-        """Prefill identical prompts of a call once (off: every row on its own, e.g. to measure the saving)."""
+        """Prefill identical prompts of a call once, and their common prefix once (off: every row on its own, e.g. to
+        measure the saving)."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -205,14 +225,24 @@ class HFGenerator:
             unique, of_row = unique_prompts(prompts)
         else:
             unique, of_row = [tuple(p) for p in prompts], list(range(b))
-        width = max(len(p) for p in unique)
-        input_ids = torch.full((len(unique), width), self.pad_id, dtype=torch.long, device=device)  # [U, P] left-padded
-        attention = torch.zeros((len(unique), width), dtype=torch.long, device=device)  # [U, P]
-        for i, p in enumerate(unique):
-            input_ids[i, width - len(p) :] = torch.as_tensor(p, dtype=torch.long, device=device)
-            attention[i, width - len(p) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [U, P]
+        shared = common_prefix(unique) if self.share_prompts else 0
+        shared = shared if shared >= SHARED_PREFIX_MIN else 0
         cache = DynamicCache(config=self.model.config)
+        if shared:  # the common prefix once, at batch 1; every distinct prompt continues from a copy of its cache
+            prefix = torch.as_tensor([unique[0][:shared]], dtype=torch.long, device=device)  # [1, C]
+            self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+                       position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1,
+                       **{self._cache_arg: cache})
+            cache.batch_repeat_interleave(len(unique))
+        suffixes = [p[shared:] for p in unique]
+        width = max(len(p) for p in suffixes)
+        input_ids = torch.full((len(unique), width), self.pad_id, dtype=torch.long, device=device)  # [U, S] left-padded
+        attention = torch.zeros((len(unique), shared + width), dtype=torch.long, device=device)  # [U, C + S]
+        attention[:, :shared] = 1
+        for i, p in enumerate(suffixes):
+            input_ids[i, width - len(p) :] = torch.as_tensor(p, dtype=torch.long, device=device)
+            attention[i, shared + width - len(p) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # [U, S] pads sit between prefix and suffix
         logits = self.model(
             input_ids=input_ids,
             attention_mask=attention,
