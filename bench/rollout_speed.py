@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     gen = parts.generator
     if not isinstance(gen, hf.HFGenerator):
         sys.exit("this bench measures the transformers generator (rollout.backend: hf)")
-    prefix_min = hf.SHARED_PREFIX_MIN
+    prefix_min = gen.shared_prefix_min
     arms = {"plain": (False, None, prefix_min), "dedup": (True, None, 1 << 30), "shared": (True, None, prefix_min)}
     if gen.sampling_view is not None:
         arms["shared+merged"] = (True, merged_for_sampling, prefix_min)
@@ -80,14 +80,14 @@ def main(argv=None) -> int:
         for rep in range(args.repeats):
             order = list(arms) if rep % 2 == 0 else list(reversed(arms))
             for arm in order:
-                gen.share_prompts, gen.sampling_view, hf.SHARED_PREFIX_MIN = arms[arm]
+                gen.share_prompts, gen.sampling_view, gen.shared_prefix_min = arms[arm]
                 t = time.perf_counter()
                 rollout = parts.collector.train(rep)  # step `rep`: every arm samples with the same seeds
                 times[arm].append(time.perf_counter() - t)
                 print(f"rep {rep} {arm}: {times[arm][-1]:.1f} s, training success "
                       f"{rollout.metrics.get('rollout/success', float('nan')):.3f}", flush=True)
-    finally:  # the module's own functions and threshold back (the bench may run inside another process's tests)
-        hf.unique_prompts, hf.SHARED_PREFIX_MIN = original, prefix_min
+    finally:  # the module's own function back (the bench may run inside another process's tests)
+        hf.unique_prompts = original
         parts.close()
 
     print(f"\nCPU: {cpu_name()} ({os.cpu_count()} cores visible), threads {args.threads}, torch {torch.__version__}, "

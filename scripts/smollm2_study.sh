@@ -9,8 +9,8 @@
 #   bash scripts/smollm2_study.sh            (OUT=runs/smollm2_study by default)
 #   STEPS=16 bash scripts/smollm2_study.sh   (the shorter study; a longer one later extends these runs, not redoes them)
 #   WARM_START=1 bash scripts/smollm2_study.sh (rebuild the warm start first; it is built anyway when missing)
-# EXTRA adds overrides to every part, e.g. EXTRA="--model.gradient_checkpointing false" to extend runs trained
-# before the preset turned checkpointing on (the setting is part of a run's identity; it changes no update).
+# EXTRA adds overrides to every part, e.g. EXTRA="--model.gradient_checkpointing true --optim.micro_batch_tokens 2048"
+# to extend runs trained with the preset's earlier settings (part of a run's identity; they change no update).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SDAR=${SDAR:-.venv/bin/sdar}

@@ -204,14 +204,17 @@ class CountingRows(torch.nn.Module):
     def __init__(self, inner) -> None:
         super().__init__()
         self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
-        self.rows: list[int] = []
         self.shapes: list[tuple[int, int]] = []
+
+    @property
+    def rows(self) -> list[int]:
+        """The batch size of every forward call."""
+        return [shape[0] for shape in self.shapes]
 
     def get_output_embeddings(self):
         return self.inner.get_output_embeddings()
 
     def forward(self, input_ids, cache=None, **kwargs):
-        self.rows.append(input_ids.shape[0])
         self.shapes.append(tuple(input_ids.shape))
         return self.inner(input_ids=input_ids, cache=cache, **kwargs)
 
@@ -228,7 +231,7 @@ def test_identical_prompts_are_prefilled_once_and_sample_on_their_own(model, tok
         torch.testing.assert_close(torch.tensor(s.logprobs), teacher_forced_logprobs(model, p, s.token_ids),
                                    atol=1e-4, rtol=0)
     # the same call with every prompt prefilled on its own row samples the same tokens
-    counting.rows.clear()
+    counting.shapes.clear()
     plain = HFGenerator(counting, tok, share_prompts=False).generate(prompts, params)
     assert counting.rows[0] == 6
     assert [s.token_ids for s in plain] == [s.token_ids for s in deduped]

@@ -133,6 +133,8 @@ class HFGenerator:
         self.share_prompts = share_prompts
         """Prefill identical prompts of a call once, and their common prefix once (off: every row on its own, e.g. to
         measure the saving)."""
+        self.shared_prefix_min = SHARED_PREFIX_MIN
+        """Shortest common prefix split off and prefilled once (a larger value turns the prefix saving off alone)."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -226,7 +228,7 @@ class HFGenerator:
         else:
             unique, of_row = [tuple(p) for p in prompts], list(range(b))
         shared = common_prefix(unique) if self.share_prompts else 0
-        shared = shared if shared >= SHARED_PREFIX_MIN else 0
+        shared = shared if shared >= self.shared_prefix_min else 0
         cache = DynamicCache(config=self.model.config)
         if shared:  # the common prefix once, at batch 1; every distinct prompt continues from a copy of its cache
             prefix = torch.as_tensor([unique[0][:shared]], dtype=torch.long, device=device)  # [1, C]
