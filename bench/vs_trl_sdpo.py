@@ -270,4 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from sdar.allocator import keep_freed_memory  # as the `sdar` command does (SDAR_MALLOC=system: glibc's defaults)
+
+    sys.stderr.write(f"glibc malloc: {keep_freed_memory()}\n")
     sys.exit(main())

@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
+COMPUTE_COMMANDS = frozenset({"train", "demo", "sft", "eval", "compare"})
+"""Commands that run a model: they start by telling glibc to keep freed memory (``sdar.allocator``)."""
 NOT_AVAILABLE = 2
 """Exit status of a subcommand that this version does not provide yet."""
 
@@ -343,6 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = any(f in head for f in ("-v", "--verbose"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command, args = rest[0], rest[1:]
+    if command in COMPUTE_COMMANDS:  # CPU tensors: reuse freed memory instead of page-faulting it in again
+        from sdar.allocator import keep_freed_memory
+
+        logging.getLogger("sdar.allocator").debug("glibc malloc: %s", keep_freed_memory())
     handlers = {
         "train": cmd_train,
         "demo": cmd_demo,
