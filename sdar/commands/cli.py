@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in COMPUTE_COMMANDS:  # CPU tensors: reuse freed memory instead of page-faulting it in again
         from sdar.allocator import keep_freed_memory
 
-        logging.getLogger("sdar.allocator").debug("glibc malloc: %s", keep_freed_memory())
+        logging.getLogger("sdar.allocator").info("glibc malloc: %s", keep_freed_memory())
     handlers = {
         "train": cmd_train,
         "demo": cmd_demo,
