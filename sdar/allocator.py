@@ -6,9 +6,11 @@ again, page by page. A CPU training step allocates and frees such buffers thousa
 activations, every LM-head chunk of ``[1024, V]`` logits, the ``[V, H]`` gradients of the embedding): millions of
 page faults a step. Raising the mmap threshold to ``MMAP_THRESHOLD`` and the trim threshold to ``TRIM_THRESHOLD``
 keeps that memory in the heap for the next allocation of the same size. Measured in docs/benchmarks.md (allocator
-section): about 10x fewer page faults, full fine-tuning steps at 0.84x the time, rollouts at about 0.95x, the same
-peak memory on the presets measured (a loop of nothing but same-sized 192 MiB blocks can grow the heap to twice
-its size: ``SDAR_MALLOC=system`` where memory is tight). GPU memory is not touched (PyTorch caches it itself).
+section): about 10x fewer page faults, the full fine-tuning step bench at 0.84x the time, rollouts at about 0.95x,
+the same peak memory for training steps; one 64-task evaluation peaked 0.7 GB higher (within the spread of glibc's
+own peaks), and a loop of nothing but same-sized 192 MiB blocks grew the heap to twice its size:
+``SDAR_MALLOC=system`` where memory is tight. GPU memory is not touched (PyTorch caches it itself); on a GPU run
+only the host's allocations are affected.
 """
 
 from __future__ import annotations
